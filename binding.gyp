@@ -1,0 +1,25 @@
+{
+  "targets": [
+    {
+      "target_name": "guest_memfd",
+      "sources": [
+        "native/addon.cc",
+        "native/common.cc",
+        "native/errors.cc",
+        "native/file.cc",
+        "native/kvm.cc",
+        "native/vm.cc",
+        "native/guest_memfd.cc",
+        "native/memfd.cc",
+        "native/mapping.cc",
+        "native/vcpu.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_CPP_EXCEPTIONS_ALL"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-O2"],
+      "libraries": ["-lpthread"]
+    }
+  ]
+}

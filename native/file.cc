@@ -1,0 +1,86 @@
+#include "file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "common.h"
+
+namespace gmem {
+
+// close(fd): idempotence lives in TypeScript; here an fd the addon does not own is
+// refused, so a stale number can never close somebody else's file.
+static Napi::Value Close(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  if (!ArgI32(info, 0, &fd)) return Napi::Value();
+  AddonState& state = State(info.Env());
+  if (state.fds.erase(fd) == 0) return Napi::Boolean::New(info.Env(), false);
+  close(fd);  // Linux releases the fd even when close reports EINTR/EIO.
+  return Napi::Boolean::New(info.Env(), true);
+}
+
+// fallocate(fd, mode, offset, length) -> undefined
+static Napi::Value Fallocate(const Napi::CallbackInfo& info) {
+  int32_t fd, mode;
+  uint64_t offset, length;
+  if (!ArgI32(info, 0, &fd) || !ArgI32(info, 1, &mode) || !ArgU64(info, 2, &offset) ||
+      !ArgU64(info, 3, &length))
+    return Napi::Value();
+  if (fallocate(fd, mode, static_cast<off_t>(offset), static_cast<off_t>(length)) != 0)
+    return ThrowErrno(info.Env(), errno, "fallocate", nullptr);
+  return info.Env().Undefined();
+}
+
+static Napi::Value Ftruncate(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  uint64_t size;
+  if (!ArgI32(info, 0, &fd) || !ArgU64(info, 1, &size)) return Napi::Value();
+  if (ftruncate(fd, static_cast<off_t>(size)) != 0)
+    return ThrowErrno(info.Env(), errno, "ftruncate", nullptr);
+  return info.Env().Undefined();
+}
+
+// fstat(fd, out: Float64Array(5)) fills [size, blocks(512B), blksize, mode, ino].
+static Napi::Value Fstat(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  if (!ArgI32(info, 0, &fd)) return Napi::Value();
+  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+      info[1].As<Napi::TypedArray>().ElementLength() < 5) {
+    Napi::TypeError::New(info.Env(), "fstat expects a Float64Array(5)").ThrowAsJavaScriptException();
+    return Napi::Value();
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) return ThrowErrno(info.Env(), errno, "fstat", nullptr);
+  double* out = info[1].As<Napi::Float64Array>().Data();
+  out[0] = static_cast<double>(st.st_size);
+  out[1] = static_cast<double>(st.st_blocks);
+  out[2] = static_cast<double>(st.st_blksize);
+  out[3] = static_cast<double>(st.st_mode);
+  out[4] = static_cast<double>(st.st_ino);
+  return info.Env().Undefined();
+}
+
+static Napi::Value IsCloexec(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  if (!ArgI32(info, 0, &fd)) return Napi::Value();
+  int flags = fcntl(fd, F_GETFD);
+  if (flags < 0) return ThrowErrno(info.Env(), errno, "fcntl", nullptr);
+  return Napi::Boolean::New(info.Env(), (flags & FD_CLOEXEC) != 0);
+}
+
+static Napi::Value OwnedFdCount(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(State(info.Env()).fds.size()));
+}
+
+void InitFile(Napi::Env env, Napi::Object exports) {
+  exports.Set("close", Napi::Function::New(env, Close, "close"));
+  exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
+  exports.Set("ftruncate", Napi::Function::New(env, Ftruncate, "ftruncate"));
+  exports.Set("fstat", Napi::Function::New(env, Fstat, "fstat"));
+  exports.Set("isCloexec", Napi::Function::New(env, IsCloexec, "isCloexec"));
+  exports.Set("ownedFdCount", Napi::Function::New(env, OwnedFdCount, "ownedFdCount"));
+}
+
+}  // namespace gmem

@@ -1,0 +1,68 @@
+#include "kvm.h"
+
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "common.h"
+#include "uapi/kvm_gmem.h"
+
+namespace gmem {
+using namespace gmem_uapi;
+
+static Napi::Value KvmOpen(const Napi::CallbackInfo& info) {
+  if (!info[0].IsString()) {
+    Napi::TypeError::New(info.Env(), "kvmOpen expects a path string").ThrowAsJavaScriptException();
+    return Napi::Value();
+  }
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) return ThrowErrno(info.Env(), errno, "open", nullptr);
+  AdoptFd(info.Env(), fd);
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// ioctl(fd, KVM_*, int) for the argument-less system/VM ioctls that return a number.
+static Napi::Value IntIoctl(const Napi::CallbackInfo& info, unsigned long request, const char* name) {
+  int32_t fd;
+  uint64_t arg = 0;
+  if (!ArgI32(info, 0, &fd)) return Napi::Value();
+  if (info.Length() > 1 && !ArgU64(info, 1, &arg)) return Napi::Value();
+  int r = ioctl(fd, request, static_cast<unsigned long>(arg));
+  if (r < 0) return ThrowErrno(info.Env(), errno, "ioctl", name);
+  return Napi::Number::New(info.Env(), r);
+}
+
+static Napi::Value GetApiVersion(const Napi::CallbackInfo& info) {
+  return IntIoctl(info, KVM_GET_API_VERSION, "KVM_GET_API_VERSION");
+}
+
+static Napi::Value CheckExtension(const Napi::CallbackInfo& info) {
+  return IntIoctl(info, KVM_CHECK_EXTENSION, "KVM_CHECK_EXTENSION");
+}
+
+static Napi::Value GetVcpuMmapSize(const Napi::CallbackInfo& info) {
+  return IntIoctl(info, KVM_GET_VCPU_MMAP_SIZE, "KVM_GET_VCPU_MMAP_SIZE");
+}
+
+static Napi::Value CreateVm(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  uint32_t type;
+  if (!ArgI32(info, 0, &fd) || !ArgU32(info, 1, &type)) return Napi::Value();
+  int vm = ioctl(fd, KVM_CREATE_VM, static_cast<unsigned long>(type));
+  if (vm < 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_CREATE_VM");
+  AdoptFd(info.Env(), vm);
+  return Napi::Number::New(info.Env(), vm);
+}
+
+void InitKvm(Napi::Env env, Napi::Object exports) {
+  exports.Set("kvmOpen", Napi::Function::New(env, KvmOpen, "kvmOpen"));
+  exports.Set("getApiVersion", Napi::Function::New(env, GetApiVersion, "getApiVersion"));
+  exports.Set("checkExtension", Napi::Function::New(env, CheckExtension, "checkExtension"));
+  exports.Set("getVcpuMmapSize", Napi::Function::New(env, GetVcpuMmapSize, "getVcpuMmapSize"));
+  exports.Set("createVm", Napi::Function::New(env, CreateVm, "createVm"));
+}
+
+}  // namespace gmem

@@ -1,0 +1,106 @@
+#include "mapping.h"
+
+#include <sys/mman.h>
+
+#include <cerrno>
+
+#include "common.h"
+
+namespace gmem {
+
+static void FinalizeMapping(napi_env env, void* /*data*/, void* hint) {
+  // The ArrayBuffer was collected without unmap(): release the mapping it viewed.
+  AddonState& state = State(Napi::Env(env));
+  auto it = state.mappings.find(static_cast<uint32_t>(reinterpret_cast<uintptr_t>(hint)));
+  if (it == state.mappings.end()) return;
+  munmap(it->second.address, it->second.length);
+  state.mappings.erase(it);
+}
+
+// Wraps a fresh mapping into [ArrayBuffer, id, address]. On failure the mapping is
+// released here, so no path leaves it without an owner.
+static Napi::Value Adopt(Napi::Env env, void* address, size_t length) {
+  AddonState& state = State(env);
+  uint32_t id = state.nextMappingId++;
+  if (state.nextMappingId == 0) state.nextMappingId = 1;
+  state.mappings[id] = Mapping{address, length};
+  napi_value ab;
+  napi_status status = napi_create_external_arraybuffer(env, address, length, FinalizeMapping,
+                                                        reinterpret_cast<void*>(static_cast<uintptr_t>(id)), &ab);
+  if (status != napi_ok) {
+    state.mappings.erase(id);
+    munmap(address, length);
+    Napi::Error::New(env, "cannot create an external ArrayBuffer for the mapping").ThrowAsJavaScriptException();
+    return Napi::Value();
+  }
+  Napi::Array result = Napi::Array::New(env, 3);
+  result.Set(0u, Napi::Value(env, ab));
+  result.Set(1u, Napi::Number::New(env, id));
+  result.Set(2u, Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(address))));
+  return result;
+}
+
+// mapFile(fd, offset, length, writable) -> [ArrayBuffer, id, address]
+static Napi::Value MapFile(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  uint64_t offset, length;
+  if (!ArgI32(info, 0, &fd) || !ArgU64(info, 1, &offset) || !ArgU64(info, 2, &length)) return Napi::Value();
+  int prot = PROT_READ | (info[3].ToBoolean().Value() ? PROT_WRITE : 0);
+  void* address = mmap(nullptr, length, prot, MAP_SHARED, fd, static_cast<off_t>(offset));
+  if (address == MAP_FAILED) return ThrowErrno(info.Env(), errno, "mmap", nullptr);
+  return Adopt(info.Env(), address, length);
+}
+
+// mapAnonymous(length) -> [ArrayBuffer, id, address]: private anonymous memory for
+// slots whose shared backing is plain process memory.
+static Napi::Value MapAnonymous(const Napi::CallbackInfo& info) {
+  uint64_t length;
+  if (!ArgU64(info, 0, &length)) return Napi::Value();
+  void* address = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (address == MAP_FAILED) return ThrowErrno(info.Env(), errno, "mmap", nullptr);
+  return Adopt(info.Env(), address, length);
+}
+
+// unmap(id, arrayBuffer) -> boolean: detach, then munmap. False if already gone.
+static Napi::Value Unmap(const Napi::CallbackInfo& info) {
+  uint32_t id;
+  if (!ArgU32(info, 0, &id)) return Napi::Value();
+  AddonState& state = State(info.Env());
+  auto it = state.mappings.find(id);
+  if (it == state.mappings.end()) return Napi::Boolean::New(info.Env(), false);
+  if (info[1].IsArrayBuffer()) {
+    // Detach before munmap: after this every Buffer over it has length 0.
+    napi_status status = napi_detach_arraybuffer(info.Env(), info[1]);
+    if (status != napi_ok) {
+      Napi::Error::New(info.Env(), "cannot detach the mapping's ArrayBuffer").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+  }
+  munmap(it->second.address, it->second.length);
+  state.mappings.erase(it);
+  return Napi::Boolean::New(info.Env(), true);
+}
+
+// madvise(address, length, advice)
+static Napi::Value Madvise(const Napi::CallbackInfo& info) {
+  uint64_t address, length;
+  int32_t advice;
+  if (!ArgU64(info, 0, &address) || !ArgU64(info, 1, &length) || !ArgI32(info, 2, &advice)) return Napi::Value();
+  if (madvise(reinterpret_cast<void*>(static_cast<uintptr_t>(address)), length, advice) != 0)
+    return ThrowErrno(info.Env(), errno, "madvise", nullptr);
+  return info.Env().Undefined();
+}
+
+static Napi::Value MappingCount(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(State(info.Env()).mappings.size()));
+}
+
+void InitMapping(Napi::Env env, Napi::Object exports) {
+  exports.Set("mapFile", Napi::Function::New(env, MapFile, "mapFile"));
+  exports.Set("mapAnonymous", Napi::Function::New(env, MapAnonymous, "mapAnonymous"));
+  exports.Set("unmap", Napi::Function::New(env, Unmap, "unmap"));
+  exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
+  exports.Set("mappingCount", Napi::Function::New(env, MappingCount, "mappingCount"));
+}
+
+}  // namespace gmem

@@ -1,0 +1,12 @@
+// vCPU fd: KVM_RUN on a dedicated native thread (VcpuRunner) or synchronously,
+// register blocks (KVM_GET/SET_REGS, SREGS, FPU), KVM_PRE_FAULT_MEMORY.
+#ifndef GUEST_MEMFD_VCPU_H
+#define GUEST_MEMFD_VCPU_H
+
+#include <napi.h>
+
+namespace gmem {
+void InitVcpu(Napi::Env env, Napi::Object exports);
+}
+
+#endif

@@ -1,0 +1,149 @@
+#include "vm.h"
+
+#include <sys/ioctl.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "common.h"
+#include "uapi/kvm_gmem.h"
+
+namespace gmem {
+using namespace gmem_uapi;
+
+// setUserMemoryRegion2(vmFd, slot, flags, guestPhysAddr, memorySize, userspaceAddr,
+//                      guestMemfdOffset, guestMemfd)
+static Napi::Value SetUserMemoryRegion2(const Napi::CallbackInfo& info) {
+  int32_t fd, gmemFd;
+  uint32_t slot, flags;
+  uint64_t gpa, size, uaddr, offset;
+  if (!ArgI32(info, 0, &fd) || !ArgU32(info, 1, &slot) || !ArgU32(info, 2, &flags) ||
+      !ArgU64(info, 3, &gpa) || !ArgU64(info, 4, &size) || !ArgU64(info, 5, &uaddr) ||
+      !ArgU64(info, 6, &offset) || !ArgI32(info, 7, &gmemFd))
+    return Napi::Value();
+  kvm_userspace_memory_region2 region;
+  memset(&region, 0, sizeof region);
+  region.slot = slot;
+  region.flags = flags;
+  region.guest_phys_addr = gpa;
+  region.memory_size = size;
+  region.userspace_addr = uaddr;
+  region.guest_memfd_offset = offset;
+  region.guest_memfd = static_cast<uint32_t>(gmemFd);
+  if (ioctl(fd, KVM_SET_USER_MEMORY_REGION2, &region) != 0)
+    return ThrowErrno(info.Env(), errno, "ioctl", "KVM_SET_USER_MEMORY_REGION2");
+  return info.Env().Undefined();
+}
+
+// setUserMemoryRegion(vmFd, slot, flags, guestPhysAddr, memorySize, userspaceAddr)
+static Napi::Value SetUserMemoryRegion(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  uint32_t slot, flags;
+  uint64_t gpa, size, uaddr;
+  if (!ArgI32(info, 0, &fd) || !ArgU32(info, 1, &slot) || !ArgU32(info, 2, &flags) ||
+      !ArgU64(info, 3, &gpa) || !ArgU64(info, 4, &size) || !ArgU64(info, 5, &uaddr))
+    return Napi::Value();
+  kvm_userspace_memory_region region = {slot, flags, gpa, size, uaddr};
+  if (ioctl(fd, KVM_SET_USER_MEMORY_REGION, &region) != 0)
+    return ThrowErrno(info.Env(), errno, "ioctl", "KVM_SET_USER_MEMORY_REGION");
+  return info.Env().Undefined();
+}
+
+// setMemoryAttributes(vmFd, address, size, attributes)
+static Napi::Value SetMemoryAttributes(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  uint64_t address, size, attributes;
+  if (!ArgI32(info, 0, &fd) || !ArgU64(info, 1, &address) || !ArgU64(info, 2, &size) ||
+      !ArgU64(info, 3, &attributes))
+    return Napi::Value();
+  kvm_memory_attributes attrs = {address, size, attributes, 0};
+  if (ioctl(fd, KVM_SET_MEMORY_ATTRIBUTES, &attrs) != 0)
+    return ThrowErrno(info.Env(), errno, "ioctl", "KVM_SET_MEMORY_ATTRIBUTES");
+  return info.Env().Undefined();
+}
+
+// setMemoryAttributesMany(vmFd, triples: BigUint64Array [address, size, attributes]*)
+// -> number of ranges applied. Stops at the first failure and reports how far it
+// got through the error's `applied` property, so the caller can say which
+// sub-ranges took effect.
+static Napi::Value SetMemoryAttributesMany(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  if (!ArgI32(info, 0, &fd)) return Napi::Value();
+  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array) {
+    Napi::TypeError::New(info.Env(), "setMemoryAttributesMany expects a BigUint64Array").ThrowAsJavaScriptException();
+    return Napi::Value();
+  }
+  Napi::BigUint64Array triples = info[1].As<Napi::BigUint64Array>();
+  size_t n = triples.ElementLength() / 3;
+  for (size_t i = 0; i < n; i++) {
+    kvm_memory_attributes attrs = {triples[3 * i], triples[3 * i + 1], triples[3 * i + 2], 0};
+    if (ioctl(fd, KVM_SET_MEMORY_ATTRIBUTES, &attrs) != 0) {
+      int err = errno;
+      ThrowErrno(info.Env(), err, "ioctl", "KVM_SET_MEMORY_ATTRIBUTES");
+      Napi::Error pending = info.Env().GetAndClearPendingException();
+      pending.Set("applied", Napi::Number::New(info.Env(), static_cast<double>(i)));
+      pending.ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(n));
+}
+
+// getDirtyLog(vmFd, slot, bitmap: BigUint64Array) fills one bit per page.
+static Napi::Value GetDirtyLog(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  uint32_t slot;
+  if (!ArgI32(info, 0, &fd) || !ArgU32(info, 1, &slot)) return Napi::Value();
+  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array) {
+    Napi::TypeError::New(info.Env(), "getDirtyLog expects a BigUint64Array").ThrowAsJavaScriptException();
+    return Napi::Value();
+  }
+  Napi::BigUint64Array bitmap = info[2].As<Napi::BigUint64Array>();
+  kvm_dirty_log log;
+  memset(&log, 0, sizeof log);
+  log.slot = slot;
+  log.dirty_bitmap = reinterpret_cast<uint64_t>(bitmap.Data());
+  if (ioctl(fd, KVM_GET_DIRTY_LOG, &log) != 0)
+    return ThrowErrno(info.Env(), errno, "ioctl", "KVM_GET_DIRTY_LOG");
+  return info.Env().Undefined();
+}
+
+static Napi::Value CreateVcpu(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  uint32_t id;
+  if (!ArgI32(info, 0, &fd) || !ArgU32(info, 1, &id)) return Napi::Value();
+  int vcpu = ioctl(fd, KVM_CREATE_VCPU, static_cast<unsigned long>(id));
+  if (vcpu < 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_CREATE_VCPU");
+  AdoptFd(info.Env(), vcpu);
+  return Napi::Number::New(info.Env(), vcpu);
+}
+
+// enableCap(fd, cap, flags, arg0, arg1, arg2, arg3): on a VM or vCPU fd.
+static Napi::Value EnableCap(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  uint32_t cap, flags;
+  uint64_t args[4];
+  if (!ArgI32(info, 0, &fd) || !ArgU32(info, 1, &cap) || !ArgU32(info, 2, &flags)) return Napi::Value();
+  for (int i = 0; i < 4; i++)
+    if (!ArgU64(info, 3 + i, &args[i])) return Napi::Value();
+  kvm_enable_cap ec;
+  memset(&ec, 0, sizeof ec);
+  ec.cap = cap;
+  ec.flags = flags;
+  memcpy(ec.args, args, sizeof args);
+  if (ioctl(fd, KVM_ENABLE_CAP, &ec) != 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_ENABLE_CAP");
+  return info.Env().Undefined();
+}
+
+void InitVm(Napi::Env env, Napi::Object exports) {
+  exports.Set("setUserMemoryRegion2", Napi::Function::New(env, SetUserMemoryRegion2, "setUserMemoryRegion2"));
+  exports.Set("setUserMemoryRegion", Napi::Function::New(env, SetUserMemoryRegion, "setUserMemoryRegion"));
+  exports.Set("setMemoryAttributes", Napi::Function::New(env, SetMemoryAttributes, "setMemoryAttributes"));
+  exports.Set("setMemoryAttributesMany",
+              Napi::Function::New(env, SetMemoryAttributesMany, "setMemoryAttributesMany"));
+  exports.Set("getDirtyLog", Napi::Function::New(env, GetDirtyLog, "getDirtyLog"));
+  exports.Set("createVcpu", Napi::Function::New(env, CreateVcpu, "createVcpu"));
+  exports.Set("enableCap", Napi::Function::New(env, EnableCap, "enableCap"));
+}
+
+}  // namespace gmem
