@@ -1,0 +1,184 @@
+/**
+ * KVM capability numbers (include/uapi/linux/kvm.h) and the decoding of everything
+ * guest-memory related that KVM_CHECK_EXTENSION reports.
+ */
+
+/**
+ * Capability numbers as the kernel defines them (`KVM_CAP_*`), for
+ * `kvm.checkExtension(Cap.GuestMemfd)` and `vm.checkExtension(...)`.
+ */
+export const Cap = {
+  /** KVM_CAP_USER_MEMORY: KVM_SET_USER_MEMORY_REGION. */
+  UserMemory: 3,
+  /** KVM_CAP_NR_VCPUS: recommended vCPU count. */
+  NrVcpus: 9,
+  /** KVM_CAP_NR_MEMSLOTS: memory slots per address space. */
+  NrMemslots: 10,
+  /** KVM_CAP_MAX_VCPUS. */
+  MaxVcpus: 66,
+  /** KVM_CAP_READONLY_MEM: KVM_MEM_READONLY slots. */
+  ReadonlyMem: 81,
+  /** KVM_CAP_MULTI_ADDRESS_SPACE: number of address spaces (SMM on x86). */
+  MultiAddressSpace: 118,
+  /** KVM_CAP_IMMEDIATE_EXIT: kvm_run.immediate_exit. */
+  ImmediateExit: 136,
+  /** KVM_CAP_EXIT_HYPERCALL: bitmap of hypercalls that exit to userspace. */
+  ExitHypercall: 201,
+  /** KVM_CAP_USER_MEMORY2: KVM_SET_USER_MEMORY_REGION2. */
+  UserMemory2: 231,
+  /** KVM_CAP_MEMORY_FAULT_INFO: KVM_EXIT_MEMORY_FAULT details. */
+  MemoryFaultInfo: 232,
+  /** KVM_CAP_MEMORY_ATTRIBUTES: attributes KVM_SET_MEMORY_ATTRIBUTES accepts. */
+  MemoryAttributes: 233,
+  /** KVM_CAP_GUEST_MEMFD: KVM_CREATE_GUEST_MEMFD. */
+  GuestMemfd: 234,
+  /** KVM_CAP_VM_TYPES: bitmap of VM types KVM_CREATE_VM accepts. */
+  VmTypes: 235,
+  /** KVM_CAP_PRE_FAULT_MEMORY: KVM_PRE_FAULT_MEMORY. */
+  PreFaultMemory: 236,
+  /** KVM_CAP_GUEST_MEMFD_FLAGS: guest_memfd flags this VM accepts. */
+  GuestMemfdFlags: 244,
+} as const;
+
+/** A capability name of {@link Cap}. */
+export type CapName = keyof typeof Cap;
+
+const capKernelNames: Record<number, string> = {
+  3: 'KVM_CAP_USER_MEMORY',
+  9: 'KVM_CAP_NR_VCPUS',
+  10: 'KVM_CAP_NR_MEMSLOTS',
+  66: 'KVM_CAP_MAX_VCPUS',
+  81: 'KVM_CAP_READONLY_MEM',
+  118: 'KVM_CAP_MULTI_ADDRESS_SPACE',
+  136: 'KVM_CAP_IMMEDIATE_EXIT',
+  201: 'KVM_CAP_EXIT_HYPERCALL',
+  231: 'KVM_CAP_USER_MEMORY2',
+  232: 'KVM_CAP_MEMORY_FAULT_INFO',
+  233: 'KVM_CAP_MEMORY_ATTRIBUTES',
+  234: 'KVM_CAP_GUEST_MEMFD',
+  235: 'KVM_CAP_VM_TYPES',
+  236: 'KVM_CAP_PRE_FAULT_MEMORY',
+  244: 'KVM_CAP_GUEST_MEMFD_FLAGS',
+};
+
+/** The kernel's name for a capability number, e.g. `'KVM_CAP_GUEST_MEMFD'`. */
+export function capName(cap: number): string {
+  return capKernelNames[cap] ?? `KVM_CAP_${cap}`;
+}
+
+/** guest_memfd creation flags (`GUEST_MEMFD_FLAG_*`). */
+export const GuestMemfdFlag = {
+  /** GUEST_MEMFD_FLAG_MMAP: the file can be mmap()ed by userspace. */
+  Mmap: 1n << 0n,
+  /** GUEST_MEMFD_FLAG_INIT_SHARED: pages start shared (host-accessible). */
+  InitShared: 1n << 1n,
+} as const;
+
+/** KVM_SET_MEMORY_ATTRIBUTES attribute bits (`KVM_MEMORY_ATTRIBUTE_*`). */
+export const MemoryAttribute = {
+  /** Shared: no attribute bit set. */
+  Shared: 0n,
+  /** KVM_MEMORY_ATTRIBUTE_PRIVATE. */
+  Private: 1n << 3n,
+} as const;
+
+/** x86 VM types for KVM_CREATE_VM (`KVM_X86_*_VM`). */
+export const VmType = {
+  default: 0,
+  'sw-protected': 1,
+  sev: 2,
+  'sev-es': 3,
+  'sev-snp': 4,
+  tdx: 5,
+} as const;
+
+/** A VM type name accepted by `kvm.createVm({ type })`. */
+export type VmTypeName = keyof typeof VmType;
+
+/** Hypercalls (`KVM_HC_*`) that KVM_CAP_EXIT_HYPERCALL can route to userspace. */
+export const Hypercall = {
+  /** KVM_HC_MAP_GPA_RANGE: the guest asks to convert a range shared/private. */
+  MapGpaRange: 12,
+} as const;
+
+/** Names the set bits of `value` using `table` (unknown bits as `bit N`). */
+function bitNames(value: bigint, table: Record<string, bigint>): string[] {
+  const names: string[] = [];
+  let rest = value;
+  for (const [name, bit] of Object.entries(table)) {
+    if (bit !== 0n && (value & bit) === bit) {
+      names.push(name);
+      rest &= ~bit;
+    }
+  }
+  for (let i = 0n; rest !== 0n; i++, rest >>= 1n) if (rest & 1n) names.push(`bit ${i}`);
+  return names;
+}
+
+/**
+ * Guest-memory capabilities as one host (or one VM) reports them. Every field comes
+ * from KVM_CHECK_EXTENSION; nothing is inferred from the kernel version.
+ */
+export interface Capabilities {
+  /** KVM_CAP_USER_MEMORY2. */
+  readonly userMemory2: boolean;
+  /** KVM_CAP_GUEST_MEMFD. */
+  readonly guestMemfd: boolean;
+  /** KVM_CAP_GUEST_MEMFD_FLAGS, raw and named (`'mmap'`, `'init-shared'`). */
+  readonly guestMemfdFlags: { readonly raw: bigint; readonly names: readonly string[] };
+  /** KVM_CAP_MEMORY_ATTRIBUTES, raw and named (`'private'`). */
+  readonly memoryAttributes: { readonly raw: bigint; readonly names: readonly string[] };
+  /** KVM_CAP_VM_TYPES as names of {@link VmType}. */
+  readonly vmTypes: readonly string[];
+  /** KVM_CAP_PRE_FAULT_MEMORY. */
+  readonly preFaultMemory: boolean;
+  /** KVM_CAP_MEMORY_FAULT_INFO. */
+  readonly memoryFaultInfo: boolean;
+  /** KVM_CAP_NR_MEMSLOTS. */
+  readonly nrMemslots: number;
+  /** KVM_CAP_READONLY_MEM. */
+  readonly readonlyMem: boolean;
+  /** KVM_CAP_MULTI_ADDRESS_SPACE (1 when absent). */
+  readonly addressSpaces: number;
+  /** KVM_CAP_EXIT_HYPERCALL, raw and named (`'map-gpa-range'`). */
+  readonly exitHypercall: { readonly raw: bigint; readonly names: readonly string[] };
+  /** The raw KVM_CHECK_EXTENSION answer for each capability above, by kernel name. */
+  readonly raw: Readonly<Record<string, number>>;
+}
+
+/** Decodes capabilities through a KVM_CHECK_EXTENSION function. @internal */
+export function decodeCapabilities(check: (cap: number) => number): Capabilities {
+  const raw: Record<string, number> = {};
+  const ask = (cap: number): number => {
+    const value = check(cap);
+    raw[capName(cap)] = value;
+    return value;
+  };
+  const gmemFlags = BigInt(ask(Cap.GuestMemfdFlags));
+  const attrs = BigInt(ask(Cap.MemoryAttributes));
+  const vmTypes = BigInt(ask(Cap.VmTypes));
+  const hypercalls = BigInt(ask(Cap.ExitHypercall));
+  const spaces = ask(Cap.MultiAddressSpace);
+  return {
+    userMemory2: ask(Cap.UserMemory2) > 0,
+    guestMemfd: ask(Cap.GuestMemfd) > 0,
+    guestMemfdFlags: {
+      raw: gmemFlags,
+      names: bitNames(gmemFlags, { mmap: GuestMemfdFlag.Mmap, 'init-shared': GuestMemfdFlag.InitShared }),
+    },
+    memoryAttributes: { raw: attrs, names: bitNames(attrs, { private: MemoryAttribute.Private }) },
+    vmTypes: Object.entries(VmType)
+      .filter(([, n]) => (vmTypes >> BigInt(n)) & 1n)
+      .map(([name]) => name),
+    preFaultMemory: ask(Cap.PreFaultMemory) > 0,
+    memoryFaultInfo: ask(Cap.MemoryFaultInfo) > 0,
+    nrMemslots: ask(Cap.NrMemslots),
+    readonlyMem: ask(Cap.ReadonlyMem) > 0,
+    addressSpaces: spaces > 0 ? spaces : 1,
+    exitHypercall: {
+      raw: hypercalls,
+      names: bitNames(hypercalls, { 'map-gpa-range': 1n << BigInt(Hypercall.MapGpaRange) }),
+    },
+    raw,
+  };
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env node
+/**
+ * `gmem`: command-line face of guest-memfd.
+ *
+ *   gmem probe [--json] [--device PATH]   this host's KVM guest-memory capabilities
+ */
+import { Command } from 'commander';
+import { defaultKvmPath } from './kvm';
+import { explainProbeFailure, formatProbe, probe, probeJson } from './probe';
+
+/** Builds the command tree (exported for tests). @internal */
+export function buildCli(): Command {
+  const program = new Command('gmem')
+    .description('Inspect and script Linux KVM guest memory (guest_memfd, memfd, memory slots)')
+    .showHelpAfterError();
+
+  program
+    .command('probe')
+    .description("print this host's KVM guest-memory capabilities")
+    .option('--json', 'print JSON instead of a table')
+    .option('--device <path>', 'KVM device to open', defaultKvmPath())
+    .action((opts: { json?: boolean; device: string }) => {
+      let report;
+      try {
+        report = probe(opts.device);
+      } catch (e) {
+        process.stderr.write(`gmem probe: ${explainProbeFailure(e, opts.device)}\n`);
+        process.exitCode = 2;
+        return;
+      }
+      process.stdout.write((opts.json ? probeJson(report) : formatProbe(report)) + '\n');
+    });
+
+  return program;
+}
+
+if (require.main === module) {
+  buildCli()
+    .parseAsync(process.argv)
+    .catch((e: unknown) => {
+      process.stderr.write(`gmem: ${e instanceof Error ? e.message : String(e)}\n`);
+      process.exitCode = 1;
+    });
+}

@@ -1,0 +1,144 @@
+/**
+ * Error types. Kernel failures are {@link KvmError}, shaped like Node's SystemError;
+ * bad arguments are `TypeError`/`RangeError` with an `ERR_*` code, thrown before any
+ * syscall; a missing capability is {@link UnsupportedError}.
+ */
+import { getSystemErrorMap } from 'node:util';
+import { native } from './native';
+
+const errnoTable = getSystemErrorMap();
+// libuv names errno 95 ENOTSUP ("...on socket"); for files and ioctls Linux means
+// EOPNOTSUPP, the name the kernel's documentation uses.
+errnoTable.set(-95, ['EOPNOTSUPP', 'operation not supported']);
+
+/** Options describing a failed kernel call. */
+export interface KvmErrorOptions {
+  /** errno number reported by the kernel. */
+  errno: number;
+  /** The syscall that failed: `'ioctl'`, `'fallocate'`, `'mmap'`, ... */
+  syscall: string;
+  /** For ioctls: the request name, e.g. `'KVM_SET_USER_MEMORY_REGION2'`. */
+  ioctl?: string | undefined;
+  /** What the library asked the kernel for, in words. */
+  operation?: string | undefined;
+  /** Why the kernel refuses it, where the rule is known. */
+  reason?: string | undefined;
+}
+
+/**
+ * A kernel call failed. `code` is the errno name (`'EINVAL'`), `errno` its number,
+ * `syscall` the system call and `ioctl` the request name where one applies.
+ *
+ * @example
+ * try { vm.setUserMemoryRegion2(raw); } catch (e) {
+ *   if (e instanceof KvmError && e.code === 'EEXIST') { ... }
+ * }
+ */
+export class KvmError extends Error {
+  /** errno name, e.g. `'EINVAL'`. */
+  readonly code: string;
+  /** errno number, e.g. `22`. */
+  readonly errno: number;
+  /** The failing system call. */
+  readonly syscall: string;
+  /** The ioctl request name, when the syscall is `ioctl`. */
+  readonly ioctl: string | undefined;
+  /** The operation that was asked for, if known. */
+  readonly operation: string | undefined;
+  /** For batch calls: how many items the kernel applied before this failure. */
+  applied?: number;
+
+  constructor(options: KvmErrorOptions) {
+    const [name, description] = errnoTable.get(-options.errno) ?? [`E${options.errno}`, 'unknown error'];
+    const call = options.ioctl ?? options.syscall;
+    const head = options.operation ? `${options.operation}: ` : '';
+    const why = options.reason ? `: ${options.reason}` : '';
+    super(`${head}${call} failed with ${name} (${description})${why}`);
+    this.name = 'KvmError';
+    this.code = name;
+    this.errno = options.errno;
+    this.syscall = options.syscall;
+    this.ioctl = options.ioctl;
+    this.operation = options.operation;
+  }
+}
+
+native.setErrorFactory((errno, syscall, ioctl) => new KvmError({ errno, syscall, ioctl }));
+
+/**
+ * Re-issues a native {@link KvmError} with what was asked and, per errno, why the
+ * kernel refuses it. Other errors pass through unchanged.
+ * @internal
+ */
+export function explain(error: unknown, operation: string, reasons: Partial<Record<string, string>> = {}): unknown {
+  if (!(error instanceof KvmError)) return error;
+  const better = new KvmError({
+    errno: error.errno,
+    syscall: error.syscall,
+    ioctl: error.ioctl,
+    operation,
+    reason: reasons[error.code],
+  });
+  if (error.applied !== undefined) better.applied = error.applied;
+  return better;
+}
+
+/**
+ * The host's KVM lacks a capability this call needs. Thrown before any other work.
+ */
+export class UnsupportedError extends Error {
+  /** Always `'ERR_UNSUPPORTED'`. */
+  readonly code = 'ERR_UNSUPPORTED';
+  /** The capability's kernel name, e.g. `'KVM_CAP_MEMORY_ATTRIBUTES'`. */
+  readonly capability: string;
+  /** What KVM_CHECK_EXTENSION reported for it on this host (or VM). */
+  readonly reported: number | bigint;
+
+  constructor(capability: string, reported: number | bigint, needed: string) {
+    super(`${needed} needs ${capability}, but this host reported ${capability}=${reported}`);
+    this.name = 'UnsupportedError';
+    this.capability = capability;
+    this.reported = reported;
+  }
+}
+
+/** A `TypeError` with a Node-style `code`. */
+export class ArgumentTypeError extends TypeError {
+  /** e.g. `'ERR_INVALID_ARG_TYPE'`. */
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = 'TypeError';
+    this.code = code;
+  }
+}
+
+/** A `RangeError` with a Node-style `code`. */
+export class ArgumentRangeError extends RangeError {
+  /** e.g. `'ERR_OUT_OF_RANGE'`, `'ERR_UNALIGNED'`. */
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = 'RangeError';
+    this.code = code;
+  }
+}
+
+/**
+ * An operation the library refuses because of the state of its objects (a file in
+ * use by a slot, a view pinned by a slot, overlapping slots...). `code` names the rule.
+ */
+export class StateError extends Error {
+  /** e.g. `'ERR_CLOSED'`, `'ERR_IN_USE'`, `'ERR_SLOT_OVERLAP'`. */
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = 'StateError';
+    this.code = code;
+  }
+}
+
+/** Use of an object after `close()`. @internal */
+export function closedError(what: string, operation: string): StateError {
+  return new StateError('ERR_CLOSED', `${operation}: ${what} is closed`);
+}

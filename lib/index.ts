@@ -1,0 +1,35 @@
+/**
+ * guest-memfd: drive the real Linux KVM guest memory interfaces from Node.js.
+ * @packageDocumentation
+ */
+export { Kvm, defaultKvmPath, type CreateVmOptions } from './kvm';
+export { Vm } from './vm';
+export { GuestMemfd, type GuestMemfdOptions } from './guest-memfd';
+export { Memfd, Seal, type SealName, type MemfdOptions, type HugePageSize } from './memfd';
+export { MemoryFile, type FileStat } from './memory-file';
+export { MemoryView } from './memory-view';
+export {
+  Cap,
+  capName,
+  GuestMemfdFlag,
+  MemoryAttribute,
+  VmType,
+  Hypercall,
+  type Capabilities,
+  type CapName,
+  type VmTypeName,
+} from './caps';
+export { KvmError, UnsupportedError, ArgumentTypeError, ArgumentRangeError, StateError } from './errors';
+export {
+  Notifier,
+  type NotifierListener,
+  type NotifierEvent,
+  type Unregister,
+  type FileRangeEvent,
+  type GpaRangeEvent,
+  type BoundRange,
+  type InvalidationCause,
+  type PopulateCause,
+  type ListenerErrorHandler,
+} from './notifier';
+export { PAGE_SIZE } from './validate';

@@ -1,0 +1,146 @@
+/**
+ * The KVM system fd (/dev/kvm).
+ */
+import { Cap, capName, decodeCapabilities, VmType, type Capabilities, type VmTypeName } from './caps';
+import { closedError, explain, UnsupportedError } from './errors';
+import { native } from './native';
+import { options as readOptions, oneOf, uint } from './validate';
+import { Vm } from './vm';
+
+/** The path `Kvm.open()` uses: `$GMEM_KVM_PATH`, else `/dev/kvm`. */
+export function defaultKvmPath(): string {
+  return process.env['GMEM_KVM_PATH'] || '/dev/kvm';
+}
+
+/** Options of `kvm.createVm`. */
+export interface CreateVmOptions {
+  /** VM type (default `'default'`); must be in KVM_CAP_VM_TYPES. */
+  type?: VmTypeName;
+}
+
+/**
+ * An open /dev/kvm (KVM_GET_API_VERSION, KVM_CHECK_EXTENSION, KVM_CREATE_VM).
+ * Closing it closes every VM it created.
+ *
+ * @example
+ * using kvm = Kvm.open();
+ * if (kvm.checkExtension(Cap.GuestMemfd)) { using vm = kvm.createVm(); }
+ */
+export class Kvm {
+  /** The path that was opened. */
+  readonly path: string;
+  /** KVM_GET_API_VERSION (12 on every kernel since 2.6.22). */
+  readonly apiVersion: number;
+  #fd: number;
+  readonly #vms = new Set<Vm>();
+  #vcpuMmapSize = 0;
+
+  private constructor(path: string, fd: number, apiVersion: number) {
+    this.path = path;
+    this.#fd = fd;
+    this.apiVersion = apiVersion;
+  }
+
+  /**
+   * Opens the KVM device read-write and close-on-exec.
+   * @param path default `$GMEM_KVM_PATH` or `/dev/kvm`.
+   */
+  static open(path: string = defaultKvmPath()): Kvm {
+    if (typeof path !== 'string') throw new TypeError(`Kvm.open: path must be a string, got ${typeof path}`);
+    let fd: number;
+    try {
+      fd = native.kvmOpen(path);
+    } catch (e) {
+      throw explain(e, `Kvm.open('${path}')`, {
+        ENOENT: 'no KVM device here: load the kvm module (modprobe kvm_intel or kvm_amd) or enable virtualization',
+        EACCES: 'permission denied: add this user to the kvm group or run as root',
+        EPERM: 'permission denied: add this user to the kvm group or run as root',
+      });
+    }
+    try {
+      return new Kvm(path, fd, native.getApiVersion(fd));
+    } catch (e) {
+      native.close(fd);
+      throw explain(e, `Kvm.open('${path}'): KVM_GET_API_VERSION`, { ENOTTY: `${path} is not a KVM device` });
+    }
+  }
+
+  /** The system fd. Throws ERR_CLOSED after close. */
+  get fd(): number {
+    if (this.#fd < 0) throw closedError('the KVM device', 'fd');
+    return this.#fd;
+  }
+
+  /** True after `close()`. */
+  get closed(): boolean {
+    return this.#fd < 0;
+  }
+
+  /**
+   * KVM_CHECK_EXTENSION on the system fd: 0 when absent, otherwise the capability's
+   * value. Per-VM answers can differ: prefer `vm.checkExtension`.
+   */
+  checkExtension(cap: number): number {
+    const c = uint(cap, 'kvm.checkExtension', 'cap', 0xffffffff);
+    return native.checkExtension(this.fd, c);
+  }
+
+  /** Every guest-memory related capability of this host, decoded. */
+  capabilities(): Capabilities {
+    const fd = this.fd;
+    return decodeCapabilities((cap) => native.checkExtension(fd, cap));
+  }
+
+  /** KVM_GET_VCPU_MMAP_SIZE (cached). @internal */
+  vcpuMmapSize(): number {
+    if (this.#vcpuMmapSize === 0) this.#vcpuMmapSize = native.getVcpuMmapSize(this.fd);
+    return this.#vcpuMmapSize;
+  }
+
+  /**
+   * KVM_CREATE_VM. The type must be one KVM_CAP_VM_TYPES lists; otherwise an
+   * {@link UnsupportedError} says what this host offers.
+   */
+  createVm(options?: CreateVmOptions): Vm {
+    const op = 'kvm.createVm';
+    const fd = this.fd;
+    const o = readOptions<CreateVmOptions>(options, op);
+    const type = oneOf(o.type ?? 'default', Object.keys(VmType) as VmTypeName[], op, 'options.type');
+    const number = VmType[type];
+    if (number !== 0) {
+      const types = native.checkExtension(fd, Cap.VmTypes);
+      if (((types >> number) & 1) === 0)
+        throw new UnsupportedError(capName(Cap.VmTypes), types, `a '${type}' VM (type ${number})`);
+    }
+    let vmFd: number;
+    try {
+      vmFd = native.createVm(fd, number);
+    } catch (e) {
+      throw explain(e, `${op}({ type: '${type}' })`, {
+        EINVAL: 'the kernel does not accept this VM type',
+        ENOMEM: 'out of memory',
+      });
+    }
+    const vm = new Vm(this, vmFd, type);
+    this.#vms.add(vm);
+    return vm;
+  }
+
+  /** @internal */
+  forgetVm(vm: Vm): void {
+    this.#vms.delete(vm);
+  }
+
+  /** Closes every VM this device created, then the device fd. Idempotent. */
+  close(): void {
+    if (this.#fd < 0) return;
+    for (const vm of [...this.#vms]) vm.close();
+    native.close(this.#fd);
+    this.#fd = -1;
+  }
+
+  /** Same as `close()`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

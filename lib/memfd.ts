@@ -1,0 +1,232 @@
+/**
+ * memfd: anonymous shared memory files (memfd_create(2), memfd_secret(2)), the usual
+ * shared backing of guest memory slots.
+ */
+import { ArgumentRangeError, ArgumentTypeError, explain, StateError } from './errors';
+import { MemoryFile } from './memory-file';
+import { native } from './native';
+import { bool, fileNumber, hex, oneOf, options as readOptions } from './validate';
+
+const MFD_ALLOW_SEALING = 0x0002;
+const MFD_HUGETLB = 0x0004;
+const MFD_NOEXEC_SEAL = 0x0008;
+const MFD_HUGE_SHIFT = 26;
+
+/** Huge page sizes for hugetlb memfds. */
+export type HugePageSize = '2MB' | '1GB';
+const hugeSizes: Record<HugePageSize, { bytes: number; log2: number }> = {
+  '2MB': { bytes: 2 << 20, log2: 21 },
+  '1GB': { bytes: 1 << 30, log2: 30 },
+};
+
+/** File seals (F_SEAL_*), by name. */
+export const Seal = {
+  /** F_SEAL_SEAL: no further seals. */
+  seal: 0x0001,
+  /** F_SEAL_SHRINK: the file cannot shrink. */
+  shrink: 0x0002,
+  /** F_SEAL_GROW: the file cannot grow. */
+  grow: 0x0004,
+  /** F_SEAL_WRITE: no writes at all (needs no writable mapping). */
+  write: 0x0008,
+  /** F_SEAL_FUTURE_WRITE: no new writable mappings or writes. */
+  'future-write': 0x0010,
+  /** F_SEAL_EXEC: the exec bits cannot change. */
+  exec: 0x0020,
+} as const;
+
+/** A seal name of {@link Seal}. */
+export type SealName = keyof typeof Seal;
+
+/** Options of {@link Memfd.create}. */
+export interface MemfdOptions {
+  /** Initial size in bytes (default 0); a multiple of the huge page size for hugetlb. */
+  size?: number | bigint;
+  /** MFD_ALLOW_SEALING (default false). */
+  allowSealing?: boolean;
+  /** MFD_HUGETLB with this page size. Needs reserved huge pages (/proc/sys/vm/nr_hugepages). */
+  hugetlb?: HugePageSize;
+  /** MFD_NOEXEC_SEAL: not executable, and sealed so. */
+  noExecSeal?: boolean;
+  /** Use memfd_secret(2): memory removed from the kernel's direct map. */
+  secret?: boolean;
+}
+
+/**
+ * A memfd. Created with {@link Memfd.create}; independent of any VM (a slot maps it
+ * for as long as the slot exists).
+ *
+ * @example
+ * using ram = Memfd.create('ram', { size: 2 << 20, allowSealing: true });
+ * ram.seal(['shrink', 'grow']);
+ * const view = ram.map();
+ */
+export class Memfd extends MemoryFile {
+  /** The name given at creation (`memfd:NAME` in /proc/self/fd). */
+  readonly name: string;
+  /** Huge page size, for hugetlb memfds. */
+  readonly hugetlb: HugePageSize | undefined;
+  /** True for memfd_secret files. */
+  readonly secret: boolean;
+  readonly #fdNumber: number;
+
+  private constructor(fd: number, name: string, hugetlb: HugePageSize | undefined, secret: boolean) {
+    super(fd, 0, `memfd '${name}' (fd ${fd})`);
+    this.name = name;
+    this.hugetlb = hugetlb;
+    this.secret = secret;
+    this.#fdNumber = fd;
+  }
+
+  /**
+   * Creates a memfd (memfd_create with MFD_CLOEXEC, or memfd_secret with `secret`)
+   * and sizes it.
+   */
+  static create(name: string, options?: MemfdOptions): Memfd {
+    const op = 'Memfd.create';
+    if (typeof name !== 'string')
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: name must be a string, got ${typeof name}`);
+    if (Buffer.byteLength(name) > 249 || name.includes('\0'))
+      throw new ArgumentRangeError('ERR_INVALID_ARG_VALUE', `${op}: name must be at most 249 bytes without NUL characters`);
+    const o = readOptions<MemfdOptions>(options, op);
+    const size = fileNumber(o.size ?? 0, op, 'options.size');
+    const allowSealing = bool(o.allowSealing, false, op, 'options.allowSealing');
+    const noExecSeal = bool(o.noExecSeal, false, op, 'options.noExecSeal');
+    const secret = bool(o.secret, false, op, 'options.secret');
+    const huge = o.hugetlb === undefined ? undefined : oneOf(o.hugetlb, ['2MB', '1GB'] as const, op, 'options.hugetlb');
+    const granule = huge ? hugeSizes[huge].bytes : native.pageSize;
+    if (size % granule !== 0)
+      throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: options.size ${hex(size)} is not a multiple of ${granule} bytes`);
+    if (secret && (huge || allowSealing || noExecSeal))
+      throw new ArgumentRangeError(
+        'ERR_INVALID_ARG_VALUE',
+        `${op}: options.secret cannot be combined with hugetlb, allowSealing or noExecSeal (memfd_secret takes no such flags)`,
+      );
+    let flags = 0;
+    if (allowSealing) flags |= MFD_ALLOW_SEALING;
+    if (noExecSeal) flags |= MFD_NOEXEC_SEAL;
+    if (huge) flags |= MFD_HUGETLB | (hugeSizes[huge].log2 << MFD_HUGE_SHIFT);
+    let fd: number;
+    try {
+      fd = secret ? native.memfdSecret() : native.memfdCreate(name, flags);
+    } catch (e) {
+      throw explain(e, secret ? `${op}('${name}', secret)` : `${op}('${name}')`, {
+        ENOSYS: 'memfd_secret is not enabled in this kernel (secretmem.enable=1 on the command line)',
+        EINVAL: huge ? `this kernel does not offer ${huge} huge pages` : 'the kernel refused these memfd flags',
+      });
+    }
+    const file = new Memfd(fd, name, huge, secret);
+    try {
+      if (size > 0) file.resize(size);
+    } catch (e) {
+      file.close();
+      throw e;
+    }
+    return file;
+  }
+
+  /** @inheritdoc */
+  get description(): string {
+    return `memfd '${this.name}' (fd ${this.#fdNumber})`;
+  }
+
+  /** @inheritdoc */
+  get granule(): number {
+    return this.hugetlb ? hugeSizes[this.hugetlb].bytes : native.pageSize;
+  }
+
+  /** @internal */
+  protected get kind(): string {
+    return 'memfd';
+  }
+
+  /** @internal */
+  protected get allocateMode(): number {
+    return 0;
+  }
+
+  /**
+   * A hugetlb mapping faults in huge pages on first touch and raises SIGBUS when none
+   * are free; reserve them now so the failure is an error instead. @internal
+   */
+  protected prepareMap(offset: number, length: number): void {
+    if (!this.hugetlb) return;
+    const g = this.granule;
+    if (offset % g !== 0 || length % g !== 0)
+      throw new ArgumentRangeError(
+        'ERR_UNALIGNED',
+        `memfd.map: a hugetlb memfd maps in whole ${this.hugetlb} pages; offset ${hex(offset)} and length ${hex(length)} must be multiples of ${hex(g)}`,
+      );
+    try {
+      native.fallocate(this.fd, 0, offset, length);
+    } catch (e) {
+      throw explain(e, `memfd.map: reserving ${length / g} ${this.hugetlb} huge page(s) for ${this.description}`, {
+        ENOSPC: `no free ${this.hugetlb} huge pages; reserve some in /sys/kernel/mm/hugepages (nr_hugepages) first`,
+        ENOMEM: `no free ${this.hugetlb} huge pages; reserve some in /sys/kernel/mm/hugepages (nr_hugepages) first`,
+      });
+    }
+  }
+
+  private resize(size: number): void {
+    try {
+      native.ftruncate(this.fd, size);
+    } catch (e) {
+      throw explain(e, `memfd.truncate(${hex(size)}) of ${this.description}`, {
+        EPERM: 'a seal forbids this size change (F_SEAL_SHRINK or F_SEAL_GROW)',
+      });
+    }
+    this.setSize(size);
+  }
+
+  /**
+   * Changes the size. Shrinking discards the tail, so listeners hear a `'truncate'`
+   * invalidation of it; shrinking below a live view or a slot's range is refused
+   * (touching the lost tail through a mapping would raise SIGBUS).
+   */
+  async truncate(size: number | bigint): Promise<void> {
+    const op = 'memfd.truncate';
+    this.checkOpen(op);
+    const n = fileNumber(size, op, 'size');
+    if (n % this.granule !== 0)
+      throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: size ${hex(n)} is not a multiple of ${this.granule} bytes`);
+    const old = this.size;
+    if (n >= old) return this.resize(n);
+    for (const b of this.bindings)
+      if (b.fileOffset + Number(b.size) > n)
+        throw new StateError(
+          'ERR_IN_USE',
+          `${op}: cannot shrink ${this.description} to ${hex(n)}: slot ${b.slot} uses it up to ${hex(b.fileOffset + Number(b.size))}`,
+        );
+    for (const v of this.views.reachableRanges())
+      if (v.offset + v.length > n)
+        throw new StateError(
+          'ERR_IN_USE',
+          `${op}: cannot shrink ${this.description} to ${hex(n)}: a live view maps it up to ${hex(v.offset + v.length)} (touching the lost tail would raise SIGBUS); unmap it first`,
+        );
+    await this.discard(n, old - n, 'truncate', () => this.resize(n));
+  }
+
+  /** Adds seals (F_ADD_SEALS). The memfd must have been created with `allowSealing`. */
+  seal(seals: readonly SealName[]): void {
+    const op = 'memfd.seal';
+    const fd = this.checkOpen(op);
+    if (!Array.isArray(seals))
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: seals must be an array of seal names`);
+    let bits = 0;
+    for (const [i, s] of seals.entries()) bits |= Seal[oneOf(s, Object.keys(Seal) as SealName[], op, `seals[${i}]`)];
+    try {
+      native.addSeals(fd, bits);
+    } catch (e) {
+      throw explain(e, `${op}([${seals.join(', ')}]) of ${this.description}`, {
+        EPERM: 'the memfd was created without allowSealing, or F_SEAL_SEAL is already set',
+        EBUSY: "'write' needs no writable shared mapping: unmap every view first",
+      });
+    }
+  }
+
+  /** The seals in force (F_GET_SEALS), by name. */
+  get seals(): SealName[] {
+    const bits = native.getSeals(this.checkOpen('memfd.seals'));
+    return (Object.keys(Seal) as SealName[]).filter((name) => (bits & Seal[name]) !== 0);
+  }
+}

@@ -1,0 +1,180 @@
+/**
+ * Zero-copy views over shared mappings of guest memory files.
+ */
+import { StateError } from './errors';
+import { native, type NativeMapping } from './native';
+
+interface ViewEntry {
+  readonly arrayBuffer: WeakRef<ArrayBuffer>;
+  readonly view: WeakRef<MemoryView>;
+  readonly offset: number;
+  readonly length: number;
+}
+
+const collected = new FinalizationRegistry<{ set: ViewSet; id: number }>(({ set, id }) => {
+  // The ArrayBuffer is gone and its native finalizer released the mapping.
+  set.forget(id);
+});
+
+/**
+ * The views one owner (a file, or a slot's anonymous memory) has handed out. Tracks
+ * each mapping's ArrayBuffer weakly, so a view whose object was dropped while its
+ * `buffer` is still held is still detached on close instead of left dangling.
+ * @internal
+ */
+export class ViewSet {
+  readonly #entries = new Map<number, ViewEntry>();
+
+  constructor(readonly description: string) {}
+
+  /** Wraps a fresh native mapping into a view this set owns. */
+  adopt(mapping: NativeMapping, offset: number, length: number): MemoryView {
+    const view = new MemoryView(mapping, offset, length, this);
+    this.#entries.set(mapping[1], {
+      arrayBuffer: new WeakRef(mapping[0]),
+      view: new WeakRef(view),
+      offset,
+      length,
+    });
+    collected.register(mapping[0], { set: this, id: mapping[1] }, view);
+    return view;
+  }
+
+  /** Releases one mapping: detach the buffer if it is alive, then munmap. */
+  release(id: number, view: MemoryView): void {
+    const entry = this.#entries.get(id);
+    collected.unregister(view);
+    native.unmap(id, entry?.arrayBuffer.deref());
+    this.#entries.delete(id);
+  }
+
+  /** @internal */
+  forget(id: number): void {
+    this.#entries.delete(id);
+  }
+
+  /** Number of live mappings. */
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  /** Live views (whose objects are still reachable). */
+  views(): MemoryView[] {
+    const out: MemoryView[] = [];
+    for (const e of this.#entries.values()) {
+      const v = e.view.deref();
+      if (v?.mapped) out.push(v);
+    }
+    return out;
+  }
+
+  /** File ranges still reachable from JavaScript through a buffer. */
+  reachableRanges(): Array<{ offset: number; length: number; pinned: boolean }> {
+    const out: Array<{ offset: number; length: number; pinned: boolean }> = [];
+    for (const e of this.#entries.values())
+      if (e.arrayBuffer.deref() !== undefined)
+        out.push({ offset: e.offset, length: e.length, pinned: e.view.deref()?.pinned ?? false });
+    return out;
+  }
+
+  /** Detaches and unmaps every view, pinned or not (the owner is closing). */
+  releaseAll(): void {
+    for (const [id, e] of [...this.#entries]) {
+      const view = e.view.deref();
+      if (view) view.release();
+      else {
+        native.unmap(id, e.arrayBuffer.deref());
+        this.#entries.delete(id);
+      }
+    }
+  }
+}
+
+/**
+ * A shared mapping of (part of) a file, exposed as a zero-copy `Buffer`.
+ *
+ * One external ArrayBuffer backs each mapping. `unmap()`, closing the file, or
+ * closing the VM that owns the file detaches that ArrayBuffer (its `byteLength` and
+ * every Buffer over it become 0) before the memory is unmapped, so a stale view reads
+ * as empty instead of crashing the process. A view that is simply forgotten is
+ * unmapped when its buffer is garbage-collected.
+ *
+ * @example
+ * using view = gmem.map(0, 4096);
+ * view.buffer.write('hello');
+ */
+export class MemoryView {
+  /** Offset of the view in its file (0 for anonymous memory). */
+  readonly offset: number;
+  /** Length of the view in bytes. */
+  readonly length: number;
+  /** The virtual address of the mapping in this process, for raw calls. */
+  readonly address: bigint;
+  #buffer: Buffer;
+  #id: number;
+  #set: ViewSet;
+  #pins = 0;
+  #mapped = true;
+
+  /** @internal */
+  constructor(mapping: NativeMapping, offset: number, length: number, set: ViewSet) {
+    this.#buffer = Buffer.from(mapping[0], 0, length);
+    this.#id = mapping[1];
+    this.address = mapping[2];
+    this.#set = set;
+    this.offset = offset;
+    this.length = length;
+  }
+
+  /** The bytes. After `unmap()` this is an empty (detached) Buffer. */
+  get buffer(): Buffer {
+    return this.#buffer;
+  }
+
+  /** False once unmapped. */
+  get mapped(): boolean {
+    return this.#mapped;
+  }
+
+  /** True while a memory slot uses this view as its guest memory. */
+  get pinned(): boolean {
+    return this.#pins > 0;
+  }
+
+  /**
+   * Detaches the buffer and unmaps the memory. Idempotent. Refused while a memory
+   * slot uses the view (the guest would lose its memory): remove the slot first.
+   */
+  unmap(): void {
+    if (!this.#mapped) return;
+    if (this.#pins > 0)
+      throw new StateError(
+        'ERR_IN_USE',
+        `view.unmap: this view of ${this.#set.description} (offset ${this.offset}, ${this.length} bytes) is the userspace memory of a memory slot; remove the slot first`,
+      );
+    this.release();
+  }
+
+  /** Unmaps regardless of pins: for the owner's close path. @internal */
+  release(): void {
+    if (!this.#mapped) return;
+    this.#mapped = false;
+    this.#pins = 0;
+    this.#set.release(this.#id, this);
+  }
+
+  /** @internal */
+  pin(): void {
+    this.#pins++;
+  }
+
+  /** @internal */
+  unpin(): void {
+    if (this.#pins > 0) this.#pins--;
+  }
+
+  /** Same as {@link MemoryView.unmap}. */
+  [Symbol.dispose](): void {
+    this.unmap();
+  }
+}

@@ -1,0 +1,83 @@
+/**
+ * The only module that loads the compiled addon. Its shape is declared once here,
+ * so no `any` leaks into the rest of the library.
+ *
+ * The binary is found by node-gyp-build: a prebuild in `prebuilds/linux-x64` when
+ * present, otherwise the `build/Release` output of `npm install`'s source build.
+ * @internal
+ */
+import * as path from 'node:path';
+
+/** `[ArrayBuffer, mapping id, address]` as returned by the mapping functions. @internal */
+export type NativeMapping = [ArrayBuffer, number, bigint];
+
+/** The runner object that owns a vCPU's KVM_RUN thread. @internal */
+export interface NativeVcpuRunner {
+  run(): void;
+  runSync(): number;
+  kick(): boolean;
+  close(): void;
+}
+
+/** @internal */
+export interface NativeBinding {
+  readonly pageSize: number;
+  setErrorFactory(factory: (errno: number, syscall: string, ioctl: string | undefined) => Error): void;
+
+  close(fd: number): boolean;
+  fallocate(fd: number, mode: number, offset: number | bigint, length: number | bigint): void;
+  fallocateMany(fd: number, mode: number, pairs: BigUint64Array): number;
+  ftruncate(fd: number, size: number | bigint): void;
+  fstat(fd: number, out: Float64Array): void;
+  isCloexec(fd: number): boolean;
+  ownedFdCount(): number;
+
+  kvmOpen(path: string): number;
+  getApiVersion(fd: number): number;
+  checkExtension(fd: number, cap: number): number;
+  getVcpuMmapSize(fd: number): number;
+  createVm(fd: number, type: number): number;
+
+  setUserMemoryRegion2(
+    vmFd: number, slot: number, flags: number, guestPhysAddr: number | bigint, memorySize: number | bigint,
+    userspaceAddr: number | bigint, guestMemfdOffset: number | bigint, guestMemfd: number,
+  ): void;
+  setUserMemoryRegion(
+    vmFd: number, slot: number, flags: number, guestPhysAddr: number | bigint, memorySize: number | bigint,
+    userspaceAddr: number | bigint,
+  ): void;
+  setMemoryAttributes(vmFd: number, address: number | bigint, size: number | bigint, attributes: number | bigint): void;
+  setMemoryAttributesMany(vmFd: number, triples: BigUint64Array): number;
+  getDirtyLog(vmFd: number, slot: number, bitmap: BigUint64Array): void;
+  createVcpu(vmFd: number, id: number): number;
+  enableCap(fd: number, cap: number, flags: number, a0: bigint, a1: bigint, a2: bigint, a3: bigint): void;
+
+  createGuestMemfd(vmFd: number, size: number | bigint, flags: number | bigint): number;
+
+  memfdCreate(name: string, flags: number): number;
+  memfdSecret(): number;
+  addSeals(fd: number, seals: number): void;
+  getSeals(fd: number): number;
+
+  mapFile(fd: number, offset: number | bigint, length: number | bigint, writable: boolean): NativeMapping;
+  mapAnonymous(length: number | bigint): NativeMapping;
+  unmap(id: number, buffer: ArrayBuffer | undefined): boolean;
+  madvise(address: bigint, length: number | bigint, advice: number): void;
+  mappingCount(): number;
+
+  VcpuRunner: new (fd: number, runAddress: bigint, onExit: (errno: number) => void) => NativeVcpuRunner;
+  setRunnerRef(runner: NativeVcpuRunner, ref: boolean): void;
+  getRegs(fd: number, out: Uint8Array): void;
+  setRegs(fd: number, regs: Uint8Array): void;
+  getSregs(fd: number, out: Uint8Array): void;
+  setSregs(fd: number, sregs: Uint8Array): void;
+  getFpu(fd: number, out: Uint8Array): void;
+  setFpu(fd: number, fpu: Uint8Array): void;
+  preFaultMemory(fd: number, gpa: number | bigint, size: number | bigint): void;
+}
+
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const load = require('node-gyp-build') as (dir: string) => unknown;
+
+/** The loaded addon (lib/ and dist/ both sit one level below the package root). @internal */
+export const native = load(path.join(__dirname, '..')) as NativeBinding;

@@ -1,0 +1,265 @@
+/**
+ * Two-phase invalidation and populate notifications (the memfile_notifier idea,
+ * brought to userspace). Every discard of a file range runs
+ * `invalidateStart` (every listener, awaited, in registration order) → the kernel
+ * operation → `invalidateEnd`. `populate` listeners run before a range becomes
+ * usable and may veto by throwing.
+ *
+ * Error policy: a listener that throws in `invalidateStart` or `invalidateEnd` cannot
+ * stop a discard (the memory is going away). Its error goes to the notifier's
+ * `onError` hook, which by default emits a process warning (`GuestMemfdListenerWarning`),
+ * so nothing fails silently. A `populate` listener that throws vetoes: the caller
+ * rolls back and rejects with that error.
+ */
+
+/** Why a range is being discarded. */
+export type InvalidationCause =
+  | 'punch-hole'
+  | 'truncate'
+  | 'convert-to-private'
+  | 'convert-to-shared'
+  | 'slot-removed'
+  | 'close';
+
+/** Why a range is about to become usable. */
+export type PopulateCause = 'convert-to-private' | 'convert-to-shared' | 'slot-added' | 'replay';
+
+/** A guest-physical range of one memory slot. */
+export interface BoundRange {
+  /** The slot id. */
+  readonly slot: number;
+  /** First guest physical address of the piece. */
+  readonly guestPhysAddr: bigint;
+  /** Size of the piece in bytes. */
+  readonly size: bigint;
+}
+
+/** A range of a file (guest_memfd or memfd), as its own notifier reports it. */
+export interface FileRangeEvent<F = unknown> {
+  /** The file whose range changes. */
+  readonly file: F;
+  /** Byte offset in the file. */
+  readonly offset: number;
+  /** Length in bytes. */
+  readonly length: number;
+  /** What causes the change. */
+  readonly cause: InvalidationCause | PopulateCause;
+  /** The GPA ranges of every slot bound to this file range. */
+  readonly ranges: readonly BoundRange[];
+}
+
+/** A guest-physical range, as a VM's notifier reports it. */
+export interface GpaRangeEvent<V = unknown> {
+  /** The VM. */
+  readonly vm: V;
+  /** First guest physical address. */
+  readonly guestPhysAddr: bigint;
+  /** Size in bytes. */
+  readonly size: bigint;
+  /** What causes the change. */
+  readonly cause: InvalidationCause | PopulateCause;
+  /** The pieces of the range, per slot. */
+  readonly ranges: readonly BoundRange[];
+  /** For conversions and replays: the state the range has once the change is done. */
+  readonly state?: 'private' | 'shared';
+}
+
+/** Callbacks a consumer of a file or VM registers. All are optional and may be async. */
+export interface NotifierListener<E> {
+  /** Before a range is discarded. Hold off new references to it. */
+  invalidateStart?(event: E): void | Promise<void>;
+  /** After the discard. The range reads as zeros (or is gone). */
+  invalidateEnd?(event: E): void | Promise<void>;
+  /** Before a range becomes usable. Throw to veto: everything done so far is rolled back. */
+  populate?(event: E): void | Promise<void>;
+}
+
+/** Removes a registered listener. Calling it twice is harmless. */
+export type Unregister = () => void;
+
+/** One notification as yielded by {@link Notifier.events}. */
+export interface NotifierEvent<E> {
+  /** Which phase fired. */
+  readonly type: 'invalidate-start' | 'invalidate-end' | 'populate';
+  /** The event itself. */
+  readonly event: E;
+}
+
+/** Where a listener error is reported. */
+export type ListenerErrorHandler<E> = (error: unknown, phase: 'invalidateStart' | 'invalidateEnd', event: E) => void;
+
+function defaultErrorHandler(error: unknown, phase: string): void {
+  process.emitWarning(
+    `a notifier listener threw in ${phase}; the discard went ahead: ${error instanceof Error ? error.message : String(error)}`,
+    { type: 'GuestMemfdListenerWarning', code: 'ERR_LISTENER_FAILED' },
+  );
+}
+
+/**
+ * The listeners of one file or VM.
+ *
+ * @example
+ * const off = gmem.notifier.register({
+ *   invalidateStart(r) { cache.block(r.offset, r.length); },
+ *   async invalidateEnd(r) { await cache.drop(r.offset, r.length); },
+ * });
+ * await gmem.punchHole(0, 4096);
+ * off();
+ */
+export class Notifier<E> {
+  #listeners: NotifierListener<E>[] = [];
+  #replay: (() => E[]) | undefined;
+
+  /** Receives listener errors from `invalidateStart`/`invalidateEnd`. Replace to collect them. */
+  onError: ListenerErrorHandler<E> = defaultErrorHandler;
+
+  /** @internal */
+  constructor(replay?: () => E[]) {
+    this.#replay = replay;
+  }
+
+  /** Number of registered listeners. */
+  get size(): number {
+    return this.#listeners.length;
+  }
+
+  /**
+   * Adds a listener. With `{ replay: true }` its `populate` callback first receives
+   * every range that is populated now (cause `'replay'`), and the returned promise
+   * resolves to the unregister function once the replay is done.
+   */
+  register(listener: NotifierListener<E>): Unregister;
+  register(listener: NotifierListener<E>, options: { replay: true }): Promise<Unregister>;
+  register(listener: NotifierListener<E>, options?: { replay?: boolean }): Unregister | Promise<Unregister>;
+  register(listener: NotifierListener<E>, options?: { replay?: boolean }): Unregister | Promise<Unregister> {
+    if (listener === null || typeof listener !== 'object')
+      throw new TypeError('notifier.register: listener must be an object with invalidateStart/invalidateEnd/populate');
+    for (const key of ['invalidateStart', 'invalidateEnd', 'populate'] as const) {
+      const fn = listener[key];
+      if (fn !== undefined && typeof fn !== 'function')
+        throw new TypeError(`notifier.register: listener.${key} must be a function`);
+    }
+    // A copy-on-write array: dispatch iterates a stable snapshot without copying.
+    this.#listeners = [...this.#listeners, listener];
+    let registered = true;
+    const unregister: Unregister = () => {
+      if (!registered) return;
+      registered = false;
+      const i = this.#listeners.indexOf(listener);
+      if (i >= 0) this.#listeners = this.#listeners.filter((_, j) => j !== i);
+    };
+    if (!options?.replay) return unregister;
+    return (async () => {
+      if (listener.populate && this.#replay) {
+        for (const event of this.#replay()) await listener.populate.call(listener, event);
+      }
+      return unregister;
+    })();
+  }
+
+  /**
+   * An async iterator over notifications, for `for await`. Listening starts at the
+   * call; breaking out of the loop unregisters. Events are queued, not awaited: use
+   * `register` to hold a discard until you are done.
+   */
+  async *events(): AsyncGenerator<NotifierEvent<E>, void, undefined> {
+    const queue: NotifierEvent<E>[] = [];
+    let wake: (() => void) | undefined;
+    const push = (type: NotifierEvent<E>['type']) => (event: E) => {
+      queue.push({ type, event });
+      wake?.();
+    };
+    const off = this.register({
+      invalidateStart: push('invalidate-start'),
+      invalidateEnd: push('invalidate-end'),
+      populate: push('populate'),
+    });
+    try {
+      for (;;) {
+        while (queue.length > 0) yield queue.shift()!;
+        await new Promise<void>((resolve) => (wake = resolve));
+        wake = undefined;
+      }
+    } finally {
+      off();
+    }
+  }
+
+  /** The listeners now, for one dispatch. @internal */
+  snapshot(): readonly NotifierListener<E>[] {
+    return this.#listeners;
+  }
+}
+
+/** One notifier and the event it should receive, for a multi-party dispatch. @internal */
+export type Delivery = readonly [Notifier<any>, unknown]; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+/** True when none of the notifiers has a listener: the caller may skip dispatch. @internal */
+export function quiet(deliveries: readonly Delivery[]): boolean {
+  for (const [n] of deliveries) if (n.size > 0) return false;
+  return true;
+}
+
+/**
+ * Runs `operation` between `invalidateStart` and `invalidateEnd` of every listener of
+ * every delivery. Listener errors are reported, never thrown; `invalidateEnd` runs
+ * even when the operation fails, so every start has its end. @internal
+ */
+export async function invalidate<T>(deliveries: readonly Delivery[], operation: () => T | Promise<T>): Promise<T> {
+  const plan = deliveries.map(([n, e]) => [n, e, n.snapshot()] as const);
+  for (const [n, e, listeners] of plan)
+    for (const l of listeners)
+      if (l.invalidateStart)
+        try {
+          await l.invalidateStart.call(l, e);
+        } catch (error) {
+          n.onError(error, 'invalidateStart', e);
+        }
+  try {
+    return await operation();
+  } finally {
+    for (const [n, e, listeners] of plan)
+      for (const l of listeners)
+        if (l.invalidateEnd)
+          try {
+            await l.invalidateEnd.call(l, e);
+          } catch (error) {
+            n.onError(error, 'invalidateEnd', e);
+          }
+  }
+}
+
+/**
+ * The synchronous form for `close()`: listeners are called in order, but a promise
+ * they return is not awaited (its rejection is reported). @internal
+ */
+export function invalidateSync<T>(deliveries: readonly Delivery[], operation: () => T): T {
+  const call = (phase: 'invalidateStart' | 'invalidateEnd') => {
+    for (const [n, e] of deliveries)
+      for (const l of n.snapshot()) {
+        const fn = l[phase];
+        if (!fn) continue;
+        try {
+          const r = fn.call(l, e);
+          if (r && typeof (r as Promise<void>).then === 'function')
+            (r as Promise<void>).then(undefined, (error) => n.onError(error, phase, e));
+        } catch (error) {
+          n.onError(error, phase, e);
+        }
+      }
+  };
+  call('invalidateStart');
+  try {
+    return operation();
+  } finally {
+    call('invalidateEnd');
+  }
+}
+
+/**
+ * Asks every `populate` listener; the first that throws vetoes and its error is
+ * rethrown (the caller rolls back). @internal
+ */
+export async function populate(deliveries: readonly Delivery[]): Promise<void> {
+  for (const [n, e] of deliveries) for (const l of n.snapshot()) if (l.populate) await l.populate.call(l, e);
+}

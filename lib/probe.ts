@@ -1,0 +1,90 @@
+/**
+ * `gmem probe`: what this host's KVM offers for guest memory.
+ */
+import type { Capabilities } from './caps';
+import { KvmError } from './errors';
+import { Kvm } from './kvm';
+import { renderTable } from './table';
+
+/** The probe result: system-wide and per default VM answers. */
+export interface ProbeReport {
+  /** The device path that was opened. */
+  readonly path: string;
+  /** KVM_GET_API_VERSION. */
+  readonly apiVersion: number;
+  /** Kernel release (uname -r). */
+  readonly kernel: string;
+  /** Answers of the system fd. */
+  readonly system: Capabilities;
+  /** Answers of a default-type VM (they can differ from the system's). */
+  readonly vm: Capabilities;
+}
+
+/** Opens KVM and collects the guest-memory capabilities of the host and of a default VM. */
+export function probe(path?: string): ProbeReport {
+  using kvm = Kvm.open(path);
+  using vm = kvm.createVm();
+  return {
+    path: kvm.path,
+    apiVersion: kvm.apiVersion,
+    kernel: (require('node:os') as typeof import('node:os')).release(),
+    system: kvm.capabilities(),
+    vm: vm.capabilities(),
+  };
+}
+
+function show(c: Capabilities): Array<[string, string]> {
+  const yes = (b: boolean) => (b ? 'yes' : 'no');
+  const list = (names: readonly string[], raw: bigint) => `${names.length ? names.join(', ') : 'none'} (${raw})`;
+  return [
+    ['KVM_CAP_USER_MEMORY2', yes(c.userMemory2)],
+    ['KVM_CAP_GUEST_MEMFD', yes(c.guestMemfd)],
+    ['KVM_CAP_GUEST_MEMFD_FLAGS', list(c.guestMemfdFlags.names, c.guestMemfdFlags.raw)],
+    ['KVM_CAP_MEMORY_ATTRIBUTES', list(c.memoryAttributes.names, c.memoryAttributes.raw)],
+    ['KVM_CAP_VM_TYPES', c.vmTypes.join(', ') || 'none'],
+    ['KVM_CAP_PRE_FAULT_MEMORY', yes(c.preFaultMemory)],
+    ['KVM_CAP_MEMORY_FAULT_INFO', yes(c.memoryFaultInfo)],
+    ['KVM_CAP_NR_MEMSLOTS', String(c.nrMemslots)],
+    ['KVM_CAP_READONLY_MEM', yes(c.readonlyMem)],
+    ['KVM_CAP_MULTI_ADDRESS_SPACE', String(c.addressSpaces)],
+    ['KVM_CAP_EXIT_HYPERCALL', list(c.exitHypercall.names, c.exitHypercall.raw)],
+  ];
+}
+
+/** The probe as a readable table. */
+export function formatProbe(report: ProbeReport): string {
+  const sys = show(report.system);
+  const vm = show(report.vm);
+  const rows = sys.map(([name, value], i) => [name, value, vm[i]![1]] as const);
+  const conversion = report.vm.memoryAttributes.names.includes('private')
+    ? 'shared/private conversion: available'
+    : 'shared/private conversion: not available (KVM_CAP_MEMORY_ATTRIBUTES lacks PRIVATE)';
+  return [
+    `KVM at ${report.path}: API version ${report.apiVersion}, kernel ${report.kernel}`,
+    '',
+    renderTable(['capability', 'system', 'default VM'], rows),
+    '',
+    conversion,
+  ].join('\n');
+}
+
+/** JSON form of the probe (bigints as strings). */
+export function probeJson(report: ProbeReport): string {
+  return JSON.stringify(report, (_, v) => (typeof v === 'bigint' ? v.toString() : v), 2);
+}
+
+/** Turns a failure to open KVM into advice for a person. */
+export function explainProbeFailure(error: unknown, path: string): string {
+  if (error instanceof KvmError) {
+    switch (error.code) {
+      case 'ENOENT':
+        return `${path} does not exist: this machine has no KVM. Enable virtualization in the firmware or the hypervisor (nested virtualization), then load kvm_intel or kvm_amd (modprobe).`;
+      case 'EACCES':
+      case 'EPERM':
+        return `${path} exists but this user may not open it. Add the user to the group that owns it (usually kvm: sudo usermod -aG kvm $USER, then log in again) or run as root.`;
+      default:
+        return `cannot use ${path}: ${error.message}`;
+    }
+  }
+  return `cannot use ${path}: ${error instanceof Error ? error.message : String(error)}`;
+}

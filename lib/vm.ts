@@ -1,0 +1,179 @@
+/**
+ * A KVM virtual machine: its guest_memfd files, memory slots, attribute map,
+ * notifier and vCPUs.
+ */
+import { Cap, capName, decodeCapabilities, GuestMemfdFlag, type Capabilities, type VmTypeName } from './caps';
+import { closedError, explain, UnsupportedError } from './errors';
+import { GuestMemfd, type GuestMemfdOptions } from './guest-memfd';
+import type { Kvm } from './kvm';
+import { native } from './native';
+import { Notifier, type GpaRangeEvent } from './notifier';
+import { bool, hex, options as readOptions, pageLength, u64, uint } from './validate';
+
+/**
+ * A VM (KVM_CREATE_VM). Closing it closes everything it created (vCPUs, memory
+ * slots, guest_memfd files, detaching their views), so `using vm = ...` cleans up a
+ * whole setup.
+ */
+export class Vm {
+  /** The KVM device this VM was created from. */
+  readonly kvm: Kvm;
+  /** The VM type it was created with. */
+  readonly type: VmTypeName;
+  /** Listeners for guest-physical ranges of this VM: populate, invalidateStart/End. */
+  readonly notifier: Notifier<GpaRangeEvent<Vm>>;
+  #fd: number;
+  readonly #files = new Set<GuestMemfd>();
+  readonly #capCache = new Map<number, number>();
+
+  /** @internal */
+  constructor(kvm: Kvm, fd: number, type: VmTypeName) {
+    this.kvm = kvm;
+    this.#fd = fd;
+    this.type = type;
+    this.notifier = new Notifier<GpaRangeEvent<Vm>>(() => this.populatedRanges());
+  }
+
+  /** The VM fd. Throws ERR_CLOSED after close. */
+  get fd(): number {
+    if (this.#fd < 0) throw closedError('the VM', 'fd');
+    return this.#fd;
+  }
+
+  /** True after `close()`. */
+  get closed(): boolean {
+    return this.#fd < 0;
+  }
+
+  /** @internal */
+  checkOpen(operation: string): number {
+    if (this.#fd < 0) throw closedError('the VM', operation);
+    return this.#fd;
+  }
+
+  /** What a replaying VM listener is told is populated now. @internal */
+  protected populatedRanges(): GpaRangeEvent<Vm>[] {
+    return [];
+  }
+
+  /**
+   * KVM_CHECK_EXTENSION on the VM fd. Answers can differ from the system fd's (they
+   * depend on the VM type), so ask the VM.
+   */
+  checkExtension(cap: number): number {
+    const c = uint(cap, 'vm.checkExtension', 'cap', 0xffffffff);
+    return native.checkExtension(this.fd, c);
+  }
+
+  /** A VM capability, asked once: a VM's answers do not change during its life. @internal */
+  cap(cap: number): number {
+    let value = this.#capCache.get(cap);
+    if (value === undefined) {
+      value = native.checkExtension(this.checkOpen('vm.checkExtension'), cap);
+      this.#capCache.set(cap, value);
+    }
+    return value;
+  }
+
+  /** Throws {@link UnsupportedError} unless `cap` is non-zero for this VM. @internal */
+  requireCap(cap: number, needed: string): number {
+    const value = this.cap(cap);
+    if (value <= 0) throw new UnsupportedError(capName(cap), value, needed);
+    return value;
+  }
+
+  /** This VM's guest-memory capabilities, decoded. */
+  capabilities(): Capabilities {
+    const fd = this.fd;
+    return decodeCapabilities((cap) => native.checkExtension(fd, cap));
+  }
+
+  /**
+   * KVM_CREATE_GUEST_MEMFD with named flags, checked against this VM's
+   * KVM_CAP_GUEST_MEMFD and KVM_CAP_GUEST_MEMFD_FLAGS first. The fd is made
+   * close-on-exec.
+   */
+  createGuestMemfd(options: GuestMemfdOptions): GuestMemfd {
+    const op = 'vm.createGuestMemfd';
+    this.checkOpen(op);
+    const o = readOptions<GuestMemfdOptions>(options, op);
+    if (o.size === undefined) throw new TypeError(`${op}: options.size is required`);
+    const size = pageLength(o.size, op, 'options.size');
+    let flags = 0n;
+    if (bool(o.mmap, false, op, 'options.mmap')) flags |= GuestMemfdFlag.Mmap;
+    if (bool(o.initShared, false, op, 'options.initShared')) flags |= GuestMemfdFlag.InitShared;
+    this.requireCap(Cap.GuestMemfd, 'guest_memfd');
+    if (flags !== 0n) {
+      const supported = BigInt(this.cap(Cap.GuestMemfdFlags));
+      const missing = flags & ~supported;
+      if (missing !== 0n) {
+        const names = decodeCapabilities((c) => (c === Cap.GuestMemfdFlags ? Number(supported) : 0)).guestMemfdFlags.names;
+        const wanted = [o.mmap && 'mmap', o.initShared && 'initShared'].filter(Boolean).join(' + ');
+        const err = new UnsupportedError(capName(Cap.GuestMemfdFlags), supported, `guest_memfd flags ${wanted} (${hex(flags)})`);
+        err.message += `; supported: ${names.length ? names.join(', ') : 'none'}`;
+        throw err;
+      }
+    }
+    return this.#adoptGuestMemfd(this.#createGuestMemfd(op, size, flags), size, flags);
+  }
+
+  /**
+   * The raw escape hatch: KVM_CREATE_GUEST_MEMFD with any size and flags, no checks
+   * beyond types. Kernel refusals arrive as KvmError.
+   */
+  createGuestMemfdRaw(size: number | bigint, flags: number | bigint = 0n): GuestMemfd {
+    const op = 'vm.createGuestMemfdRaw';
+    this.checkOpen(op);
+    const s = u64(size, op, 'size');
+    const f = u64(flags, op, 'flags');
+    const fd = this.#createGuestMemfd(op, s, f);
+    return this.#adoptGuestMemfd(fd, Number(s), f);
+  }
+
+  #createGuestMemfd(op: string, size: number | bigint, flags: bigint): number {
+    try {
+      return native.createGuestMemfd(this.#fd, size, flags);
+    } catch (e) {
+      throw explain(e, `${op}(size ${hex(size)}, flags ${hex(flags)})`, {
+        EINVAL: 'the size must be a positive multiple of the page size and the flags ones this VM supports',
+        ENOTTY: 'this kernel has no guest_memfd',
+      });
+    }
+  }
+
+  #adoptGuestMemfd(fd: number, size: number, flags: bigint): GuestMemfd {
+    const file = new GuestMemfd(this, fd, size, flags);
+    this.#files.add(file);
+    return file;
+  }
+
+  /** @internal */
+  forgetGuestMemfd(file: GuestMemfd): void {
+    this.#files.delete(file);
+  }
+
+  /** The guest_memfd files this VM created that are still open. */
+  get guestMemfds(): readonly GuestMemfd[] {
+    return [...this.#files];
+  }
+
+  /**
+   * Closes everything this VM created, then the VM fd. Idempotent.
+   */
+  close(): void {
+    if (this.#fd < 0) return;
+    this.closeChildren();
+    for (const file of [...this.#files]) file.close();
+    native.close(this.#fd);
+    this.#fd = -1;
+    this.kvm.forgetVm(this);
+  }
+
+  /** Hook for slots and vCPUs. @internal */
+  protected closeChildren(): void {}
+
+  /** Same as `close()`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

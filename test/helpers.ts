@@ -1,0 +1,51 @@
+/**
+ * Shared test plumbing: whether a usable KVM is here (and why not), fd counting.
+ */
+import { readdirSync } from 'node:fs';
+import { defaultKvmPath, Kvm } from '../lib/index';
+
+/** The device the suite uses (GMEM_KVM_PATH switches it, e.g. to /nonexistent). */
+export const kvmPath = defaultKvmPath();
+
+function probeKvm(): string | undefined {
+  try {
+    Kvm.open(kvmPath).close();
+    return undefined;
+  } catch (e) {
+    return e instanceof Error ? e.message : String(e);
+  }
+}
+
+/** Why KVM tests cannot run here, or undefined when they can. */
+export const noKvm: string | undefined = probeKvm();
+
+/** Title suffix for suites that need KVM: says why they are skipped. */
+export function needsKvm(title: string): string {
+  return noKvm ? `${title} [skipped: no usable KVM at ${kvmPath}: ${noKvm}]` : title;
+}
+
+/** Open fds of this process, from /proc/self/fd. */
+export function openFds(): number {
+  return readdirSync('/proc/self/fd').length;
+}
+
+/** Expects `fn` to throw an error with `code` (and optionally an instance of `type`). */
+export function codeOf(fn: () => unknown): string | undefined {
+  try {
+    fn();
+  } catch (e) {
+    return (e as { code?: string }).code;
+  }
+  return undefined;
+}
+
+/** A default VM's KVM_CHECK_EXTENSION answer (0 without KVM), for skip conditions. */
+export function vmCap(cap: number): number {
+  if (noKvm) return 0;
+  const kvm = Kvm.open(kvmPath);
+  try {
+    return kvm.createVm().checkExtension(cap);
+  } finally {
+    kvm.close();
+  }
+}
