@@ -1,0 +1,69 @@
+// The gmem CLI, run in-process through its command tree and as a real process.
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { describe, expect, test } from 'vitest';
+import { buildCli } from '../lib/cli';
+import { explainProbeFailure, formatProbe, probe } from '../lib/probe';
+import { KvmError } from '../lib/errors';
+import { kvmPath, needsKvm, noKvm } from './helpers';
+
+async function run(args: string[]): Promise<{ out: string; err: string; code: number | undefined }> {
+  let out = '';
+  let err = '';
+  const write = process.stdout.write.bind(process.stdout);
+  const writeErr = process.stderr.write.bind(process.stderr);
+  const savedCode = process.exitCode;
+  process.exitCode = undefined;
+  process.stdout.write = ((chunk: string) => ((out += chunk), true)) as typeof process.stdout.write;
+  process.stderr.write = ((chunk: string) => ((err += chunk), true)) as typeof process.stderr.write;
+  try {
+    await buildCli().exitOverride().parseAsync(['node', 'gmem', ...args]);
+  } finally {
+    process.stdout.write = write;
+    process.stderr.write = writeErr;
+  }
+  const code = process.exitCode;
+  process.exitCode = savedCode;
+  return { out, err, code: code as number | undefined };
+}
+
+describe('gmem probe without KVM', () => {
+  test('a missing device prints what to do and exits non-zero', async () => {
+    const r = await run(['probe', '--device', '/nonexistent/kvm']);
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/\/nonexistent\/kvm does not exist: this machine has no KVM/);
+    expect(r.out).toBe('');
+  });
+
+  test('permission problems get advice about the kvm group', () => {
+    const e = new KvmError({ errno: 13, syscall: 'open' });
+    expect(explainProbeFailure(e, '/dev/kvm')).toMatch(/group that owns it/);
+  });
+});
+
+describe.skipIf(noKvm)(needsKvm('gmem probe on the real kernel'), () => {
+  test('prints a table of capabilities, system and default VM', async () => {
+    const r = await run(['probe', '--device', kvmPath]);
+    expect(r.code).toBeUndefined();
+    expect(r.out).toMatch(/API version 12/);
+    expect(r.out).toMatch(/KVM_CAP_GUEST_MEMFD\s/);
+    expect(r.out).toMatch(/KVM_CAP_GUEST_MEMFD_FLAGS/);
+    expect(r.out).toMatch(/shared\/private conversion: /);
+    expect(r.out).toBe(formatProbe(probe(kvmPath)) + '\n');
+  });
+
+  test('--json prints the same facts as JSON', async () => {
+    const r = await run(['probe', '--json', '--device', kvmPath]);
+    const json = JSON.parse(r.out);
+    expect(json.apiVersion).toBe(12);
+    expect(typeof json.vm.guestMemfd).toBe('boolean');
+    expect(json.vm.raw.KVM_CAP_NR_MEMSLOTS).toBeGreaterThan(0);
+  });
+
+  test('the built bin runs as a process', () => {
+    const cli = path.join(__dirname, '..', 'dist', 'cli.js');
+    const r = spawnSync(process.execPath, [cli, 'probe', '--json', '--device', kvmPath], { encoding: 'utf8' });
+    expect(r.status).toBe(0);
+    expect(JSON.parse(r.stdout).path).toBe(kvmPath);
+  });
+});
