@@ -33,3 +33,14 @@ export {
   type ListenerErrorHandler,
 } from './notifier';
 export { PAGE_SIZE } from './validate';
+export {
+  MemorySlot,
+  SlotFlag,
+  type MemorySlotOptions,
+  type UserMemoryRegion2,
+  type UserspaceBacking,
+  type SlotDescription,
+} from './memory-slot';
+export { GuestMemory } from './guest-memory';
+export { DirtyBitmap, type DirtyPage } from './dirty-log';
+export { AttributeMap, type AttributeRange, type MemoryState } from './attribute-map';

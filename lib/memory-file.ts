@@ -38,7 +38,8 @@ export interface FileStat {
 
 /** A slot's use of a range of a file. @internal */
 export interface FileBinding {
-  readonly vm: { readonly notifier: Notifier<GpaRangeEvent> };
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  readonly vm: { readonly notifier: Notifier<GpaRangeEvent<any>> };
   readonly slot: number;
   readonly guestPhysAddr: bigint;
   readonly size: bigint;
@@ -67,7 +68,7 @@ export abstract class MemoryFile {
   protected constructor(fd: number, size: number, description: string) {
     this.#fd = fd;
     this.#size = size;
-    this.views = new ViewSet(description);
+    this.views = new ViewSet(description, this);
     this.notifier = new Notifier(() => this.populatedRanges());
   }
 

@@ -25,7 +25,14 @@ const collected = new FinalizationRegistry<{ set: ViewSet; id: number }>(({ set,
 export class ViewSet {
   readonly #entries = new Map<number, ViewEntry>();
 
-  constructor(readonly description: string) {}
+  /**
+   * @param description what is mapped, for messages
+   * @param file the file the views map, or null for anonymous memory
+   */
+  constructor(
+    readonly description: string,
+    readonly file: object | null = null,
+  ) {}
 
   /** Wraps a fresh native mapping into a view this set owns. */
   adopt(mapping: NativeMapping, offset: number, length: number): MemoryView {
@@ -124,6 +131,11 @@ export class MemoryView {
     this.#set = set;
     this.offset = offset;
     this.length = length;
+  }
+
+  /** The file this view maps (a GuestMemfd or Memfd), or null for anonymous memory. */
+  get file(): object | null {
+    return this.#set.file;
   }
 
   /** The bytes. After `unmap()` this is an empty (detached) Buffer. */

@@ -8,6 +8,20 @@ import { GuestMemfd, type GuestMemfdOptions } from './guest-memfd';
 import type { Kvm } from './kvm';
 import { native } from './native';
 import { Notifier, type GpaRangeEvent } from './notifier';
+import { AttributeMap } from './attribute-map';
+import { GuestMemory } from './guest-memory';
+import {
+  addSlot,
+  MemorySlot,
+  moveSlot,
+  ownSlot,
+  rawRegion2,
+  removeSlot,
+  removeSlotSync,
+  type MemorySlotOptions,
+  type UserMemoryRegion2,
+} from './memory-slot';
+import { SlotTable } from './slot-table';
 import { bool, hex, options as readOptions, pageLength, u64, uint } from './validate';
 
 /**
@@ -22,6 +36,15 @@ export class Vm {
   readonly type: VmTypeName;
   /** Listeners for guest-physical ranges of this VM: populate, invalidateStart/End. */
   readonly notifier: Notifier<GpaRangeEvent<Vm>>;
+  /**
+   * The shared/private state of every guest physical address, as set through this
+   * VM (the kernel has no "get attributes": this map is the record).
+   */
+  readonly attributes = new AttributeMap();
+  /** Host access to guest physical memory through the slots' shared backings. */
+  readonly memory: GuestMemory;
+  /** @internal */
+  readonly slotTable = new SlotTable<MemorySlot>();
   #fd: number;
   readonly #files = new Set<GuestMemfd>();
   readonly #capCache = new Map<number, number>();
@@ -32,6 +55,12 @@ export class Vm {
     this.#fd = fd;
     this.type = type;
     this.notifier = new Notifier<GpaRangeEvent<Vm>>(() => this.populatedRanges());
+    this.memory = new GuestMemory({
+      slotTable: this.slotTable,
+      checkOpen: (op) => this.checkOpen(op),
+      privateRanges: (gpa, size) =>
+        this.attributes.count === 0 ? [] : this.attributes.differing(gpa, size, 0n),
+    });
   }
 
   /** The VM fd. Throws ERR_CLOSED after close. */
@@ -51,9 +80,88 @@ export class Vm {
     return this.#fd;
   }
 
-  /** What a replaying VM listener is told is populated now. @internal */
+  /**
+   * What a replaying VM listener is told is populated now: every slot's GPA range,
+   * split by shared/private state. @internal
+   */
   protected populatedRanges(): GpaRangeEvent<Vm>[] {
-    return [];
+    const out: GpaRangeEvent<Vm>[] = [];
+    for (const slot of this.slotTable.all()) {
+      for (const r of this.attributes.ranges(slot.guestPhysAddr, slot.guestPhysAddr + slot.size, { includeShared: true })) {
+        out.push({
+          vm: this,
+          guestPhysAddr: r.guestPhysAddr,
+          size: r.size,
+          cause: 'replay',
+          state: r.state,
+          ranges: [{ slot: slot.id, guestPhysAddr: r.guestPhysAddr, size: r.size }],
+        });
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Adds a memory slot (KVM_SET_USER_MEMORY_REGION2, or KVM_SET_USER_MEMORY_REGION
+   * where USER_MEMORY2 is missing and no guest_memfd is asked for). Every rule the
+   * kernel enforces is checked first, with an error naming both parties of a clash.
+   * The slot keeps its backings alive: they cannot be unmapped or closed under it.
+   *
+   * @example
+   * const slot = vm.addMemorySlot({ guestPhysAddr: 0, size: 2 << 20, userspace: ram,
+   *                                 guestMemfd: { file: gmem, offset: 0 } });
+   */
+  addMemorySlot(options: MemorySlotOptions): MemorySlot {
+    return addSlot(this, options);
+  }
+
+  /**
+   * Removes a slot. Listeners of the VM and of the slot's files hear a
+   * `'slot-removed'` invalidation of its range around the kernel call; then the
+   * slot's own mappings are unmapped and its backings released.
+   */
+  removeMemorySlot(slot: MemorySlot): Promise<void> {
+    let s: MemorySlot;
+    try {
+      s = ownSlot(this, slot, 'vm.removeMemorySlot');
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return removeSlot(this, s);
+  }
+
+  /**
+   * Moves a slot to another GPA. Plain slots move in place (KVM_MR_MOVE, the memory
+   * stays); guest_memfd slots are immutable in the kernel, so they are deleted and
+   * re-created with the same id and backings. Returns the slot.
+   */
+  moveMemorySlot(slot: MemorySlot, guestPhysAddr: number | bigint): Promise<MemorySlot> {
+    let s: MemorySlot;
+    try {
+      s = ownSlot(this, slot, 'vm.moveMemorySlot');
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return moveSlot(this, s, guestPhysAddr);
+  }
+
+  /** Every slot, by address space then GPA. */
+  get slots(): readonly MemorySlot[] {
+    return this.slotTable.all();
+  }
+
+  /** The slot containing `guestPhysAddr` (address space 0 unless given), if any. */
+  slotAt(guestPhysAddr: number | bigint, addressSpace = 0): MemorySlot | undefined {
+    return this.slotTable.at(addressSpace, u64(guestPhysAddr, 'vm.slotAt', 'guestPhysAddr'));
+  }
+
+  /**
+   * The raw escape hatch: KVM_SET_USER_MEMORY_REGION2 exactly as given. No checks
+   * beyond types and no bookkeeping (slots made this way are invisible to
+   * `vm.slots`); the kernel's errno comes back as KvmError.
+   */
+  setUserMemoryRegion2(region: UserMemoryRegion2): void {
+    rawRegion2(this, region);
   }
 
   /**
@@ -169,8 +277,10 @@ export class Vm {
     this.kvm.forgetVm(this);
   }
 
-  /** Hook for slots and vCPUs. @internal */
-  protected closeChildren(): void {}
+  /** Removes every slot (listeners hear a `'close'` invalidation). @internal */
+  protected closeChildren(): void {
+    for (const slot of this.slotTable.all().reverse()) removeSlotSync(this, slot);
+  }
 
   /** Same as `close()`. */
   [Symbol.dispose](): void {

@@ -1,0 +1,627 @@
+/**
+ * Memory slots: a guest-physical range bound to its shared backing (userspace
+ * memory) and, optionally, a guest_memfd range for private memory
+ * (KVM_SET_USER_MEMORY_REGION2).
+ */
+import { Cap } from './caps';
+import { DirtyBitmap } from './dirty-log';
+import { ArgumentRangeError, ArgumentTypeError, explain, StateError } from './errors';
+import { GuestMemfd } from './guest-memfd';
+import { MemoryFile, type FileBinding } from './memory-file';
+import { MemoryView, ViewSet } from './memory-view';
+import { native } from './native';
+import {
+  invalidate,
+  invalidateSync,
+  populate,
+  quiet,
+  type BoundRange,
+  type Delivery,
+  type InvalidationCause,
+} from './notifier';
+import { bool, fileNumber, hex, options as readOptions, PAGE_SIZE, u64, uint } from './validate';
+import type { Vm } from './vm';
+
+/** KVM_MEM_* slot flags. */
+export const SlotFlag = {
+  /** KVM_MEM_LOG_DIRTY_PAGES. */
+  LogDirtyPages: 1 << 0,
+  /** KVM_MEM_READONLY. */
+  Readonly: 1 << 1,
+  /** KVM_MEM_GUEST_MEMFD. */
+  GuestMemfd: 1 << 2,
+} as const;
+
+/** The shared backing of a slot, as `addMemorySlot` accepts it. */
+export type UserspaceBacking = MemoryFile | MemoryView | 'anonymous';
+
+/** Options of `vm.addMemorySlot`. */
+export interface MemorySlotOptions {
+  /** First guest physical address; page-aligned. */
+  guestPhysAddr: number | bigint;
+  /** Size in bytes; positive, page-aligned. */
+  size: number | bigint;
+  /**
+   * Shared backing: a Memfd or GuestMemfd (mapped for the slot's lifetime at
+   * `userspaceOffset`), a MemoryView (used as is, pinned while the slot exists), or
+   * `'anonymous'` process memory. Default: the guest_memfd's own mapping when it is
+   * mappable and initially shared, else anonymous memory.
+   */
+  userspace?: UserspaceBacking;
+  /** Offset in the userspace file (for Memfd/GuestMemfd backings; default 0). */
+  userspaceOffset?: number | bigint;
+  /** Private memory: a range of a guest_memfd of this VM. */
+  guestMemfd?: { file: GuestMemfd; offset?: number | bigint };
+  /** KVM_MEM_READONLY: guest writes exit as MMIO. */
+  readonly?: boolean;
+  /** KVM_MEM_LOG_DIRTY_PAGES: track guest writes for `getDirtyLog()`. */
+  logDirtyPages?: boolean;
+  /** Explicit slot id; otherwise the lowest free id. */
+  slot?: number;
+  /** Address space id (x86: 1 is SMM), where KVM_CAP_MULTI_ADDRESS_SPACE > 1. */
+  addressSpace?: number;
+}
+
+/** The raw KVM_SET_USER_MEMORY_REGION2 argument, for `vm.setUserMemoryRegion2`. */
+export interface UserMemoryRegion2 {
+  /** Slot field: (address space << 16) | slot id. */
+  slot: number;
+  /** KVM_MEM_* flags. */
+  flags: number;
+  guestPhysAddr: number | bigint;
+  /** 0 deletes the slot. */
+  memorySize: number | bigint;
+  userspaceAddr: number | bigint;
+  /** guest_memfd fd (or a GuestMemfd) when flags has KVM_MEM_GUEST_MEMFD. */
+  guestMemfd?: number | GuestMemfd;
+  guestMemfdOffset?: number | bigint;
+}
+
+/** A plain description of a slot, for memory maps. */
+export interface SlotDescription {
+  readonly slot: number;
+  readonly addressSpace: number;
+  readonly guestPhysAddr: bigint;
+  readonly size: bigint;
+  readonly flags: readonly string[];
+  readonly userspace: { readonly kind: string; readonly file?: string; readonly offset: number; readonly address: bigint };
+  readonly guestMemfd?: { readonly file: string; readonly offset: number };
+}
+
+/** How a slot holds its userspace memory. @internal */
+interface Userspace {
+  readonly kind: 'memfd' | 'guest_memfd' | 'view' | 'anonymous';
+  readonly file: MemoryFile | null;
+  readonly offset: number;
+  readonly view: MemoryView;
+  /** True when the slot created the mapping (and releases it on removal). */
+  readonly owned: boolean;
+}
+
+/**
+ * A memory slot of a VM. Created by `vm.addMemorySlot`, removed by
+ * `vm.removeMemorySlot`. While it exists its backings cannot be unmapped or closed.
+ */
+export class MemorySlot {
+  /** The VM. */
+  readonly vm: Vm;
+  /** Slot id within its address space. */
+  readonly id: number;
+  /** Address space id. */
+  readonly addressSpace: number;
+  /** Size in bytes. */
+  readonly size: bigint;
+  /** KVM_MEM_* flags. */
+  readonly flags: number;
+  /** Private memory range, if any. */
+  readonly guestMemfd: { readonly file: GuestMemfd; readonly offset: number } | undefined;
+  #guestPhysAddr: bigint;
+  #userspace: Userspace;
+  #removed = false;
+  /** @internal */
+  readonly bindings: FileBinding[] = [];
+
+  /** @internal */
+  constructor(
+    vm: Vm,
+    id: number,
+    addressSpace: number,
+    guestPhysAddr: bigint,
+    size: bigint,
+    flags: number,
+    userspace: Userspace,
+    guestMemfd: { file: GuestMemfd; offset: number } | undefined,
+  ) {
+    this.vm = vm;
+    this.id = id;
+    this.addressSpace = addressSpace;
+    this.#guestPhysAddr = guestPhysAddr;
+    this.size = size;
+    this.flags = flags;
+    this.#userspace = userspace;
+    this.guestMemfd = guestMemfd;
+  }
+
+  /** First guest physical address. */
+  get guestPhysAddr(): bigint {
+    return this.#guestPhysAddr;
+  }
+
+  /** @internal */
+  set guestPhysAddrInternal(gpa: bigint) {
+    this.#guestPhysAddr = gpa;
+  }
+
+  /** The kernel's slot field: (address space << 16) | id. */
+  get kernelSlot(): number {
+    return (this.addressSpace << 16) | this.id;
+  }
+
+  /** The userspace (shared) backing: what it is, its file and offset, and its view. */
+  get userspace(): Readonly<Userspace> {
+    return this.#userspace;
+  }
+
+  /** Address of the userspace memory in this process. */
+  get userspaceAddr(): bigint {
+    return this.#userspace.view.address;
+  }
+
+  /** KVM_MEM_READONLY is set. */
+  get readonly(): boolean {
+    return (this.flags & SlotFlag.Readonly) !== 0;
+  }
+
+  /** KVM_MEM_LOG_DIRTY_PAGES is set. */
+  get logDirtyPages(): boolean {
+    return (this.flags & SlotFlag.LogDirtyPages) !== 0;
+  }
+
+  /** True once removed from its VM. */
+  get removed(): boolean {
+    return this.#removed;
+  }
+
+  /** @internal */
+  markRemoved(): void {
+    this.#removed = true;
+  }
+
+  /**
+   * KVM_GET_DIRTY_LOG: the pages the guest wrote since the previous call (the call
+   * resets the log). The slot must have been added with `logDirtyPages: true`.
+   */
+  getDirtyLog(): DirtyBitmap {
+    const op = 'slot.getDirtyLog';
+    if (this.#removed) throw new StateError('ERR_CLOSED', `${op}: slot ${this.id} was removed`);
+    if (!this.logDirtyPages)
+      throw new StateError('ERR_INVALID_STATE', `${op}: slot ${this.id} was added without logDirtyPages: true`);
+    const pages = Number(this.size / BigInt(PAGE_SIZE));
+    const bitmap = new DirtyBitmap(this.#guestPhysAddr, pages, PAGE_SIZE);
+    try {
+      native.getDirtyLog(this.vm.checkOpen(op), this.kernelSlot, bitmap.words);
+    } catch (e) {
+      throw explain(e, `${op}() of slot ${this.id}`);
+    }
+    return bitmap;
+  }
+
+  /** A plain description (for memory maps and logs). */
+  describe(): SlotDescription {
+    const flags = Object.entries(SlotFlag)
+      .filter(([, bit]) => this.flags & bit)
+      .map(([name]) => name.replace(/[A-Z]/g, (c, i) => (i ? '-' : '') + c.toLowerCase()));
+    const u = this.#userspace;
+    return {
+      slot: this.id,
+      addressSpace: this.addressSpace,
+      guestPhysAddr: this.#guestPhysAddr,
+      size: this.size,
+      flags,
+      userspace: {
+        kind: u.kind,
+        ...(u.file ? { file: (u.file as MemoryFile).description } : {}),
+        offset: u.offset,
+        address: u.view.address,
+      },
+      ...(this.guestMemfd ? { guestMemfd: { file: this.guestMemfd.file.description, offset: this.guestMemfd.offset } } : {}),
+    };
+  }
+
+  /** @internal */
+  releaseUserspace(): void {
+    const u = this.#userspace;
+    u.view.unpin();
+    if (u.owned) u.view.release();
+  }
+}
+
+/** Everything `addMemorySlot` decided before touching the kernel. @internal */
+interface SlotPlan {
+  id: number;
+  addressSpace: number;
+  guestPhysAddr: bigint;
+  size: bigint;
+  flags: number;
+  guestMemfd: { file: GuestMemfd; offset: number } | undefined;
+  userspace: UserspaceBacking;
+  userspaceOffset: number;
+}
+
+function slotError(code: string, message: string): StateError {
+  return new StateError(code, `vm.addMemorySlot: ${message}`);
+}
+
+function range(gpa: bigint, size: bigint): string {
+  return `${hex(gpa)}..${hex(gpa + size)}`;
+}
+
+/** Validates options against the VM's capabilities and slot table. @internal */
+export function planSlot(vm: Vm, options: MemorySlotOptions): SlotPlan {
+  const op = 'vm.addMemorySlot';
+  vm.checkOpen(op);
+  const o = readOptions<MemorySlotOptions>(options, op);
+  if (o.guestPhysAddr === undefined) throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: options.guestPhysAddr is required`);
+  if (o.size === undefined) throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: options.size is required`);
+  const gpa = u64(o.guestPhysAddr, op, 'options.guestPhysAddr');
+  const size = u64(o.size, op, 'options.size');
+  if (size === 0n) throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: options.size must be greater than 0`);
+  if (gpa % BigInt(PAGE_SIZE) !== 0n)
+    throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: options.guestPhysAddr ${hex(gpa)} is not page-aligned (${PAGE_SIZE})`);
+  if (size % BigInt(PAGE_SIZE) !== 0n)
+    throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: options.size ${hex(size)} is not page-aligned (${PAGE_SIZE})`);
+  if (gpa + size > 1n << 64n)
+    throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: GPA range ${range(gpa, size)} wraps past 2^64`);
+  const readonly = bool(o.readonly, false, op, 'options.readonly');
+  const logDirty = bool(o.logDirtyPages, false, op, 'options.logDirtyPages');
+
+  const spaces = Math.max(1, vm.cap(Cap.MultiAddressSpace));
+  const addressSpace = uint(o.addressSpace ?? 0, op, 'options.addressSpace', spaces - 1);
+  const nrSlots = vm.requireCap(Cap.NrMemslots, 'memory slots');
+
+  let gmem: { file: GuestMemfd; offset: number } | undefined;
+  if (o.guestMemfd !== undefined) {
+    const g = readOptions<{ file: GuestMemfd; offset?: number | bigint }>(o.guestMemfd, op, 'options.guestMemfd');
+    if (!(g.file instanceof GuestMemfd))
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: options.guestMemfd.file must be a GuestMemfd`);
+    vm.requireCap(Cap.UserMemory2, 'a guest_memfd slot (KVM_SET_USER_MEMORY_REGION2)');
+    vm.requireCap(Cap.GuestMemfd, 'a guest_memfd slot');
+    const file = g.file;
+    if (file.closed) throw new StateError('ERR_CLOSED', `${op}: options.guestMemfd.file ${file.description} is closed`);
+    if (file.owner !== vm)
+      throw slotError('ERR_FOREIGN_GUEST_MEMFD', `${file.description} belongs to another VM; a guest_memfd binds only to the VM that created it (the kernel says EINVAL)`);
+    const offset = fileNumber(g.offset ?? 0, op, 'options.guestMemfd.offset');
+    if (offset % PAGE_SIZE !== 0)
+      throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: options.guestMemfd.offset ${hex(offset)} is not page-aligned (${PAGE_SIZE})`);
+    if (BigInt(offset) + size > BigInt(file.size))
+      throw new ArgumentRangeError(
+        'ERR_OUT_OF_RANGE',
+        `${op}: guest_memfd range ${hex(offset)}..${hex(BigInt(offset) + size)} ends past the end of ${file.description} (size ${hex(file.size)})`,
+      );
+    for (const b of file.bindings) {
+      if (b.role !== 'private') continue;
+      const end = b.fileOffset + Number(b.size);
+      if (offset < end && Number(BigInt(offset) + size) > b.fileOffset)
+        throw slotError(
+          'ERR_GUEST_MEMFD_BOUND',
+          `${file.description} range ${hex(offset)}..${hex(BigInt(offset) + size)} overlaps ${hex(b.fileOffset)}..${hex(end)}, already bound by slot ${b.slot} (GPA ${range(b.guestPhysAddr, b.size)}); a guest_memfd range binds once`,
+        );
+    }
+    if (readonly) throw slotError('ERR_INVALID_ARG_VALUE', 'options.readonly cannot be combined with guestMemfd: KVM refuses KVM_MEM_READONLY for guest_memfd slots');
+    if (logDirty)
+      throw slotError('ERR_INVALID_ARG_VALUE', 'options.logDirtyPages cannot be combined with guestMemfd: KVM refuses KVM_MEM_LOG_DIRTY_PAGES for guest_memfd slots');
+    gmem = { file, offset };
+  }
+  if (readonly) vm.requireCap(Cap.ReadonlyMem, 'a read-only slot');
+
+  const table = vm.slotTable;
+  let id: number;
+  if (o.slot !== undefined) {
+    id = uint(o.slot, op, 'options.slot', nrSlots - 1);
+    const taken = table.get(addressSpace, id);
+    if (taken)
+      throw slotError('ERR_SLOT_IN_USE', `slot id ${id} is already in use (GPA ${range(taken.guestPhysAddr, taken.size)})`);
+  } else {
+    const free = table.inSpace(addressSpace).length >= nrSlots ? undefined : table.freeId(addressSpace, nrSlots);
+    if (free === undefined)
+      throw slotError('ERR_NO_SLOTS', `all ${nrSlots} slots (KVM_CAP_NR_MEMSLOTS) of address space ${addressSpace} are in use`);
+    id = free;
+  }
+  const overlap = table.overlapping(addressSpace, gpa, size)[0];
+  if (overlap)
+    throw slotError(
+      'ERR_SLOT_OVERLAP',
+      `GPA range ${range(gpa, size)} overlaps slot ${overlap.id} (GPA ${range(overlap.guestPhysAddr, overlap.size)})`,
+    );
+
+  let userspace = o.userspace;
+  if (userspace === undefined)
+    userspace = gmem && gmem.file.mmapable && gmem.file.initShared ? gmem.file : 'anonymous';
+  let userspaceOffset = 0;
+  if (userspace instanceof MemoryFile) {
+    userspaceOffset =
+      o.userspaceOffset !== undefined
+        ? fileNumber(o.userspaceOffset, op, 'options.userspaceOffset')
+        : userspace === gmem?.file
+          ? gmem.offset
+          : 0;
+    if (userspace.closed) throw new StateError('ERR_CLOSED', `${op}: options.userspace ${userspace.description} is closed`);
+    if (BigInt(userspaceOffset) + size > BigInt(userspace.size))
+      throw new ArgumentRangeError(
+        'ERR_OUT_OF_RANGE',
+        `${op}: userspace range ${hex(userspaceOffset)}..${hex(BigInt(userspaceOffset) + size)} ends past the end of ${userspace.description} (size ${hex(userspace.size)})`,
+      );
+  } else if (userspace instanceof MemoryView) {
+    if (!userspace.mapped) throw new StateError('ERR_CLOSED', `${op}: options.userspace is an unmapped view`);
+    if (BigInt(userspace.length) < size)
+      throw new ArgumentRangeError(
+        'ERR_OUT_OF_RANGE',
+        `${op}: options.userspace view is ${hex(userspace.length)} bytes, smaller than the slot (${hex(size)})`,
+      );
+    if (o.userspaceOffset !== undefined)
+      throw new ArgumentRangeError('ERR_INVALID_ARG_VALUE', `${op}: options.userspaceOffset applies to file backings, not views`);
+  } else if (userspace !== 'anonymous') {
+    throw new ArgumentTypeError(
+      'ERR_INVALID_ARG_TYPE',
+      `${op}: options.userspace must be a Memfd, GuestMemfd, MemoryView or 'anonymous'`,
+    );
+  }
+  if (!gmem && !vm.cap(Cap.UserMemory2)) vm.requireCap(Cap.UserMemory, 'memory slots');
+
+  let flags = 0;
+  if (gmem) flags |= SlotFlag.GuestMemfd;
+  if (readonly) flags |= SlotFlag.Readonly;
+  if (logDirty) flags |= SlotFlag.LogDirtyPages;
+  return { id, addressSpace, guestPhysAddr: gpa, size, flags, guestMemfd: gmem, userspace, userspaceOffset };
+}
+
+/** Maps (or pins) the userspace memory a plan names. @internal */
+function acquireUserspace(plan: SlotPlan): Userspace {
+  const u = plan.userspace;
+  const length = Number(plan.size);
+  let result: Userspace;
+  if (u === 'anonymous') {
+    const set = new ViewSet(`anonymous memory of slot ${plan.id}`);
+    let mapping;
+    try {
+      mapping = native.mapAnonymous(length);
+    } catch (e) {
+      throw explain(e, `vm.addMemorySlot: mapping ${hex(length)} bytes of anonymous memory`);
+    }
+    result = { kind: 'anonymous', file: null, offset: 0, view: set.adopt(mapping, 0, length), owned: true };
+  } else if (u instanceof MemoryView) {
+    result = { kind: 'view', file: (u.file as MemoryFile | null) ?? null, offset: u.offset, view: u, owned: false };
+  } else {
+    result = {
+      kind: u instanceof GuestMemfd ? 'guest_memfd' : 'memfd',
+      file: u,
+      offset: plan.userspaceOffset,
+      view: u.map(plan.userspaceOffset, length),
+      owned: true,
+    };
+  }
+  result.view.pin();
+  return result;
+}
+
+/** The kernel's reasons for refusing a slot, per errno. @internal */
+export const slotReasons: Partial<Record<string, string>> = {
+  EEXIST: 'the GPA range overlaps a slot the kernel already has (one made outside this library?)',
+  EINVAL:
+    'the kernel refused the region: unaligned address or size, a guest_memfd range already bound or from another VM, flags it does not support for this slot, or a GPA beyond what the CPU can address',
+  ENOMEM: 'out of memory for the slot',
+  EFAULT: 'the userspace address range is not valid in this process',
+};
+
+/** Issues the kernel call that creates (or re-creates) a slot. @internal */
+export function setRegion(vm: Vm, slot: MemorySlot | SlotPlan, userspaceAddr: bigint, op: string): void {
+  const fd = vm.checkOpen(op);
+  const kernelSlot = ((slot.addressSpace << 16) | slot.id) >>> 0;
+  const g = slot.guestMemfd;
+  try {
+    if (g || vm.cap(Cap.UserMemory2) > 0)
+      native.setUserMemoryRegion2(fd, kernelSlot, slot.flags, slot.guestPhysAddr, slot.size, userspaceAddr, g?.offset ?? 0, g ? g.file.fd : 0);
+    else native.setUserMemoryRegion(fd, kernelSlot, slot.flags, slot.guestPhysAddr, slot.size, userspaceAddr);
+  } catch (e) {
+    throw explain(e, `${op}(slot ${slot.id}, GPA ${range(slot.guestPhysAddr, slot.size)})`, slotReasons);
+  }
+}
+
+/** Deletes a slot in the kernel (memory_size 0). @internal */
+function deleteRegion(vm: Vm, slot: MemorySlot, op: string): void {
+  const fd = vm.checkOpen(op);
+  try {
+    if (slot.guestMemfd || vm.cap(Cap.UserMemory2) > 0)
+      native.setUserMemoryRegion2(fd, slot.kernelSlot >>> 0, 0, slot.guestPhysAddr, 0, 0, 0, 0);
+    else native.setUserMemoryRegion(fd, slot.kernelSlot >>> 0, 0, slot.guestPhysAddr, 0, 0);
+  } catch (e) {
+    throw explain(e, `${op}(slot ${slot.id})`);
+  }
+}
+
+function makeBinding(slot: MemorySlot, fileOffset: number, role: 'userspace' | 'private'): FileBinding {
+  return {
+    vm: slot.vm,
+    slot: slot.id,
+    get guestPhysAddr() {
+      return slot.guestPhysAddr;
+    },
+    size: slot.size,
+    fileOffset,
+    role,
+  };
+}
+
+/** Adds a slot: validate, map, kernel, then record. @internal */
+export function addSlot(vm: Vm, options: MemorySlotOptions): MemorySlot {
+  const plan = planSlot(vm, options);
+  const populating = slotDeliveries(vm, plan, 'slot-added');
+  if (!quiet(populating)) populateSync(populating);
+  const userspace = acquireUserspace(plan);
+  try {
+    setRegion(vm, plan, userspace.view.address, 'vm.addMemorySlot');
+  } catch (e) {
+    userspace.view.unpin();
+    if (userspace.owned) userspace.view.release();
+    throw e;
+  }
+  const slot = new MemorySlot(vm, plan.id, plan.addressSpace, plan.guestPhysAddr, plan.size, plan.flags, userspace, plan.guestMemfd);
+  vm.slotTable.insert(slot);
+  if (userspace.file) slot.bindings.push(makeBinding(slot, userspace.offset, 'userspace'));
+  if (plan.guestMemfd) slot.bindings.push(makeBinding(slot, plan.guestMemfd.offset, 'private'));
+  for (const b of slot.bindings) (b.role === 'private' ? plan.guestMemfd!.file : userspace.file!).bind(b);
+  return slot;
+}
+
+/** Populate listeners for a slot add run synchronously; a throw vetoes. */
+function populateSync(deliveries: readonly Delivery[]): void {
+  for (const [n, e] of deliveries)
+    for (const l of n.snapshot())
+      if (l.populate) {
+        const r = l.populate.call(l, e);
+        if (r && typeof (r as Promise<void>).then === 'function')
+          (r as Promise<void>).then(undefined, (error) => n.onError(error, 'invalidateStart', e));
+      }
+}
+
+/** The events of a slot-wide change: the VM's GPA view and each file's view. @internal */
+export function slotDeliveries(
+  vm: Vm,
+  slot: Pick<SlotPlan, 'id' | 'guestPhysAddr' | 'size' | 'guestMemfd'> & {
+    userspace: UserspaceBacking | Readonly<Userspace>;
+    userspaceOffset?: number;
+  },
+  cause: InvalidationCause | 'slot-added',
+): Delivery[] {
+  const ranges: BoundRange[] = [{ slot: slot.id, guestPhysAddr: slot.guestPhysAddr, size: slot.size }];
+  const out: Delivery[] = [[vm.notifier, { vm, guestPhysAddr: slot.guestPhysAddr, size: slot.size, cause, ranges }]];
+  const u = slot.userspace;
+  const uFile = u instanceof MemoryFile ? u : u instanceof MemoryView ? (u.file as MemoryFile | null) : typeof u === 'object' ? u.file : null;
+  const uOffset = u instanceof MemoryView ? u.offset : typeof u === 'object' && !(u instanceof MemoryFile) ? u.offset : (slot.userspaceOffset ?? 0);
+  if (uFile) out.push([uFile.notifier, { file: uFile, offset: uOffset, length: Number(slot.size), cause, ranges }]);
+  if (slot.guestMemfd && slot.guestMemfd.file !== uFile)
+    out.push([
+      slot.guestMemfd.file.notifier,
+      { file: slot.guestMemfd.file, offset: slot.guestMemfd.offset, length: Number(slot.size), cause, ranges },
+    ]);
+  return out;
+}
+
+function forgetSlot(vm: Vm, slot: MemorySlot): void {
+  vm.slotTable.delete(slot);
+  slot.markRemoved();
+  for (const b of slot.bindings) (b.role === 'private' ? slot.guestMemfd!.file : slot.userspace.file!).unbind(b);
+  slot.bindings.length = 0;
+  slot.releaseUserspace();
+}
+
+/** Checks that `slot` is a live slot of `vm`. @internal */
+export function ownSlot(vm: Vm, slot: unknown, op: string): MemorySlot {
+  if (!(slot instanceof MemorySlot)) throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: slot must be a MemorySlot`);
+  if (slot.vm !== vm) throw new StateError('ERR_FOREIGN_SLOT', `${op}: slot ${slot.id} belongs to another VM`);
+  if (slot.removed) throw new StateError('ERR_CLOSED', `${op}: slot ${slot.id} was already removed`);
+  return slot;
+}
+
+/** Removes a slot: invalidateStart → kernel delete → unmap/unpin → invalidateEnd. @internal */
+export async function removeSlot(vm: Vm, slot: MemorySlot, cause: InvalidationCause = 'slot-removed'): Promise<void> {
+  const op = 'vm.removeMemorySlot';
+  vm.checkOpen(op);
+  const deliveries = slotDeliveries(vm, slot, cause);
+  const run = () => {
+    if (slot.removed) return;
+    deleteRegion(vm, slot, op);
+    forgetSlot(vm, slot);
+  };
+  if (quiet(deliveries)) run();
+  else await invalidate(deliveries, run);
+}
+
+/** The VM's close path: listeners are told synchronously. @internal */
+export function removeSlotSync(vm: Vm, slot: MemorySlot): void {
+  const deliveries = slotDeliveries(vm, slot, 'close');
+  const run = () => {
+    try {
+      deleteRegion(vm, slot, 'vm.close');
+    } finally {
+      forgetSlot(vm, slot);
+    }
+  };
+  if (quiet(deliveries)) run();
+  else invalidateSync(deliveries, run);
+}
+
+/**
+ * Moves a slot to a new GPA. Plain slots move in place (KVM_MR_MOVE keeps the
+ * memory); guest_memfd slots are immutable in the kernel, so they are deleted and
+ * re-created with the same id and backings. @internal
+ */
+export async function moveSlot(vm: Vm, slot: MemorySlot, newGpa: number | bigint): Promise<MemorySlot> {
+  const op = 'vm.moveMemorySlot';
+  const gpa = u64(newGpa, op, 'guestPhysAddr');
+  if (gpa % BigInt(PAGE_SIZE) !== 0n)
+    throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: guestPhysAddr ${hex(gpa)} is not page-aligned (${PAGE_SIZE})`);
+  if (gpa === slot.guestPhysAddr) return slot;
+  const clash = vm.slotTable.overlapping(slot.addressSpace, gpa, slot.size).find((s) => s !== slot);
+  if (clash)
+    throw new StateError(
+      'ERR_SLOT_OVERLAP',
+      `${op}: GPA range ${range(gpa, slot.size)} overlaps slot ${clash.id} (GPA ${range(clash.guestPhysAddr, clash.size)})`,
+    );
+  const target = { ...slot, id: slot.id, guestPhysAddr: gpa, size: slot.size, guestMemfd: slot.guestMemfd, userspace: slot.userspace };
+  await populate(slotDeliveries(vm, target, 'slot-added'));
+  const old = slot.guestPhysAddr;
+  await invalidate(slotDeliveries(vm, slot, 'slot-removed'), () => {
+    const fd = vm.checkOpen(op);
+    vm.slotTable.delete(slot);
+    try {
+      if (slot.guestMemfd) {
+        deleteRegion(vm, slot, op);
+        slot.guestPhysAddrInternal = gpa;
+        try {
+          setRegion(vm, slot, slot.userspaceAddr, op);
+        } catch (e) {
+          // Put the slot back where it was; if even that fails, it is gone.
+          slot.guestPhysAddrInternal = old;
+          try {
+            setRegion(vm, slot, slot.userspaceAddr, op);
+          } catch {
+            forgetSlot(vm, slot);
+            throw e;
+          }
+          throw e;
+        }
+      } else {
+        try {
+          native.setUserMemoryRegion2(fd, slot.kernelSlot >>> 0, slot.flags, gpa, slot.size, slot.userspaceAddr, 0, 0);
+        } catch (e) {
+          throw explain(e, `${op}(slot ${slot.id}, ${hex(old)} → ${hex(gpa)})`, slotReasons);
+        }
+        slot.guestPhysAddrInternal = gpa;
+      }
+    } finally {
+      if (!slot.removed) vm.slotTable.insert(slot);
+    }
+  });
+  return slot;
+}
+
+/** Raw KVM_SET_USER_MEMORY_REGION2: no checks beyond types, no bookkeeping. @internal */
+export function rawRegion2(vm: Vm, region: UserMemoryRegion2): void {
+  const op = 'vm.setUserMemoryRegion2';
+  const fd = vm.checkOpen(op);
+  const r = readOptions<UserMemoryRegion2>(region, op, 'region');
+  const slot = uint(r.slot, op, 'region.slot', 0xffffffff);
+  const flags = uint(r.flags ?? 0, op, 'region.flags', 0xffffffff);
+  const gpa = u64(r.guestPhysAddr, op, 'region.guestPhysAddr');
+  const size = u64(r.memorySize, op, 'region.memorySize');
+  const uaddr = u64(r.userspaceAddr ?? 0, op, 'region.userspaceAddr');
+  const gfd = r.guestMemfd instanceof GuestMemfd ? r.guestMemfd.fd : uint(r.guestMemfd ?? 0, op, 'region.guestMemfd', 0x7fffffff);
+  const goff = u64(r.guestMemfdOffset ?? 0, op, 'region.guestMemfdOffset');
+  try {
+    native.setUserMemoryRegion2(fd, slot, flags, gpa, size, uaddr, goff, gfd);
+  } catch (e) {
+    throw explain(e, `${op}(slot ${slot}, GPA ${range(gpa, size)}, flags ${hex(flags)})`, slotReasons);
+  }
+}
+
