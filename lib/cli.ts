@@ -3,9 +3,11 @@
  * `gmem`: command-line face of guest-memfd.
  *
  *   gmem probe [--json] [--device PATH]   this host's KVM guest-memory capabilities
+ *   gmem layout FILE.json [--json]        build a memory layout, print its map, tear it down
  */
 import { Command } from 'commander';
 import { defaultKvmPath } from './kvm';
+import { runLayoutCommand } from './layout-cli';
 import { explainProbeFailure, formatProbe, probe, probeJson } from './probe';
 
 /** Builds the command tree (exported for tests). @internal */
@@ -29,6 +31,16 @@ export function buildCli(): Command {
         return;
       }
       process.stdout.write((opts.json ? probeJson(report) : formatProbe(report)) + '\n');
+    });
+
+  program
+    .command('layout')
+    .description('build the memory layout described by FILE.json on this host, print its memory map, tear it down')
+    .argument('<file>', 'layout JSON file')
+    .option('--json', 'print the memory map as JSON')
+    .option('--device <path>', 'KVM device to open', defaultKvmPath())
+    .action(async (file: string, opts: { json?: boolean; device: string }) => {
+      process.exitCode = await runLayoutCommand(file, opts);
     });
 
   return program;

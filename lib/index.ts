@@ -44,3 +44,14 @@ export {
 export { GuestMemory } from './guest-memory';
 export { DirtyBitmap, type DirtyPage } from './dirty-log';
 export { AttributeMap, type AttributeRange, type MemoryState } from './attribute-map';
+export {
+  createMemoryLayout,
+  parseLayout,
+  renderMemoryMap,
+  LayoutSchema,
+  LayoutError,
+  MemoryLayout,
+  type LayoutSpec,
+  type MemoryMap,
+  type MemoryMapEntry,
+} from './layout';
