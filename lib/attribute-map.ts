@@ -156,6 +156,11 @@ function addressArg(op: string, name: string, value: unknown, aligned: boolean):
  */
 function rangeArg(op: string, gpa: unknown, size: unknown): [number, number] {
   const start = addressArg(op, 'guestPhysAddr', gpa, true);
+  // Fast path, as in addressArg: a positive, page-aligned, safe-integer number size.
+  if (typeof size === 'number' && Number.isSafeInteger(size) && size > 0 && size % PAGE_SIZE === 0) {
+    const pages = size / PAGE_SIZE;
+    if (start + pages <= PFN_LIMIT) return [start, start + pages];
+  }
   const v = integerArg(op, 'size', size);
   if (v === 0n) {
     throw argumentError(RangeError, 'ERR_OUT_OF_RANGE', `${op}: size 0x0 must be greater than 0`);

@@ -55,3 +55,10 @@ export {
   type MemoryMap,
   type MemoryMapEntry,
 } from './layout';
+export {
+  ConversionError,
+  type ConversionResult,
+  type ConversionRequest,
+  type GpaRange,
+  type MemoryFault,
+} from './conversion';

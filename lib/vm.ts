@@ -22,8 +22,27 @@ import {
   type UserMemoryRegion2,
 } from './memory-slot';
 import { SlotTable } from './slot-table';
+import {
+  checkRequest,
+  convertRanges,
+  coverageError,
+  faultRequest,
+  type ConversionBackend,
+  type ConversionContext,
+  type ConversionPiece,
+  type ConversionRequest,
+  type ConversionResult,
+  type GpaRange,
+  type MemoryFault,
+} from './conversion';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from './memory-file';
+import { MemoryAttribute } from './caps';
 import { bool, hex, options as readOptions, pageLength, u64, uint } from './validate';
 
+
+/** madvise(2) advice that frees private anonymous pages. */
+const MADV_DONTNEED = 4;
+const PAGE_MASK = 0xfffn;
 /**
  * A VM (KVM_CREATE_VM). Closing it closes everything it created (vCPUs, memory
  * slots, guest_memfd files, detaching their views), so `using vm = ...` cleans up a
@@ -58,8 +77,13 @@ export class Vm {
     this.memory = new GuestMemory({
       slotTable: this.slotTable,
       checkOpen: (op) => this.checkOpen(op),
-      privateRanges: (gpa, size) =>
-        this.attributes.count === 0 ? [] : this.attributes.differing(gpa, size, 0n),
+      privateRanges: (gpa, size) => {
+        if (this.attributes.count === 0) return [];
+        // The map is page-granular: widen an unaligned access to the pages it touches.
+        const start = gpa & ~PAGE_MASK;
+        const end = (gpa + size + PAGE_MASK) & ~PAGE_MASK;
+        return this.attributes.differing(start, end - start, 0n).filter((r) => r.state === 'private');
+      },
     });
   }
 
@@ -143,6 +167,149 @@ export class Vm {
       return Promise.reject(e);
     }
     return moveSlot(this, s, guestPhysAddr);
+  }
+
+  /**
+   * KVM_SET_MEMORY_ATTRIBUTES, the raw ioctl: sets `attributes` on
+   * `[guestPhysAddr, +size)` and, once the kernel accepts, records them in
+   * `vm.attributes`. Nothing is populated or discarded: use {@link Vm.convert} for that.
+   * The attribute bits must be ones KVM_CAP_MEMORY_ATTRIBUTES reports for this VM.
+   */
+  setMemoryAttributes(guestPhysAddr: number | bigint, size: number | bigint, attributes: number | bigint): void {
+    const op = 'vm.setMemoryAttributes';
+    const fd = this.checkOpen(op);
+    const gpa = u64(guestPhysAddr, op, 'guestPhysAddr');
+    const n = u64(size, op, 'size');
+    const attrs = u64(attributes, op, 'attributes');
+    const supported = BigInt(this.cap(Cap.MemoryAttributes));
+    if (supported === 0n || (attrs & ~supported) !== 0n)
+      throw new UnsupportedError(capName(Cap.MemoryAttributes), supported, `memory attributes ${hex(attrs)}`);
+    checkRequest(op, { guestPhysAddr: gpa, size: n, to: 'shared' });
+    try {
+      native.setMemoryAttributes(fd, gpa, n, attrs);
+    } catch (e) {
+      throw explain(e, `${op}(${hex(gpa)}, ${hex(n)}, ${hex(attrs)})`, {
+        EINVAL: 'unaligned range, unsupported attribute bits, or a range outside what the VM can map',
+        EAGAIN: 'the kernel asks to retry (memory is being changed concurrently)',
+      });
+    }
+    this.attributes.set(gpa, n, attrs);
+  }
+
+  #conversionSupported(op: string): void {
+    const supported = BigInt(this.cap(Cap.MemoryAttributes));
+    if ((supported & MemoryAttribute.Private) === 0n)
+      throw new UnsupportedError(
+        capName(Cap.MemoryAttributes),
+        supported,
+        `${op} (shared/private conversion needs KVM_MEMORY_ATTRIBUTE_PRIVATE)`,
+      );
+  }
+
+  /**
+   * Converts `[guestPhysAddr, +size)` to private or shared: populate listeners first
+   * (a veto changes nothing), then invalidateStart for the stale side, the attribute
+   * ioctl, the discard of the stale copy, and invalidateEnd. Only sub-ranges whose
+   * state differs are touched. The range must be covered by guest_memfd slots.
+   *
+   * @throws UnsupportedError when this VM lacks KVM_MEMORY_ATTRIBUTE_PRIVATE (checked first)
+   * @throws ConversionError when the kernel refuses part-way (says what was applied)
+   */
+  convert(guestPhysAddr: number | bigint, size: number | bigint, to: 'private' | 'shared'): Promise<ConversionResult> {
+    return this.convertMany([{ guestPhysAddr, size, to }]);
+  }
+
+  /** Several conversions in one batch: one native crossing per direction. */
+  async convertMany(
+    requests: ReadonlyArray<{ guestPhysAddr: number | bigint; size: number | bigint; to: 'private' | 'shared' }>,
+  ): Promise<ConversionResult> {
+    const op = requests.length === 1 ? 'vm.convert' : 'vm.convertMany';
+    this.checkOpen(op);
+    this.#conversionSupported(op);
+    if (!Array.isArray(requests)) throw new TypeError(`${op}: requests must be an array`);
+    const checked: ConversionRequest[] = requests.map((r, i) => {
+      const where = requests.length === 1 ? op : `${op}[${i}]`;
+      const req = { guestPhysAddr: u64(r?.guestPhysAddr, where, 'guestPhysAddr'), size: u64(r?.size, where, 'size'), to: r?.to };
+      checkRequest(where, req as ConversionRequest);
+      return req as ConversionRequest;
+    });
+    return convertRanges(this.#conversionContext(op), checked);
+  }
+
+  /**
+   * The memory-fault policy (QEMU's kvm_convert_memory): given a
+   * KVM_EXIT_MEMORY_FAULT, converts the faulting pages to the state the guest
+   * accessed them in.
+   */
+  convertOnMemoryFault(fault: MemoryFault): Promise<ConversionResult> {
+    const r = faultRequest(fault);
+    return this.convert(r.guestPhysAddr, r.size, r.to);
+  }
+
+  /** The conversion engine's view of this VM. @internal */
+  #conversionContext(op: string): ConversionContext {
+    const vm = this;
+    const backend: ConversionBackend = {
+      setAttributes(ranges: readonly GpaRange[], attributes: bigint): void {
+        const triples = new BigUint64Array(ranges.length * 3);
+        ranges.forEach((r, i) => {
+          triples[3 * i] = r.guestPhysAddr;
+          triples[3 * i + 1] = r.size;
+          triples[3 * i + 2] = attributes;
+        });
+        native.setMemoryAttributesMany(vm.checkOpen(op), triples);
+      },
+      discardShared(piece: ConversionPiece): void {
+        const slot = vm.slotTable.get(0, piece.slot)!;
+        const file = slot.userspace.file;
+        if (file) native.fallocate(file.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, piece.shared.offset, piece.size);
+        // Anonymous slot memory is a private mapping: MADV_REMOVE needs a shared one,
+        // MADV_DONTNEED frees the pages and they read back as zeros.
+        else native.madvise(slot.userspace.view.address + BigInt(piece.shared.offset), piece.size, MADV_DONTNEED);
+      },
+      discardPrivate(piece: ConversionPiece): void {
+        const slot = vm.slotTable.get(0, piece.slot)!;
+        native.fallocate(slot.guestMemfd!.file.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, piece.private.offset, piece.size);
+      },
+    };
+    return {
+      vm: this,
+      notifier: this.notifier,
+      attributes: this.attributes,
+      backend,
+      pieces: (range) => this.#conversionPieces(op, range),
+    };
+  }
+
+  #conversionPieces(op: string, range: GpaRange): ConversionPiece[] {
+    const gaps: string[] = [];
+    const pieces: ConversionPiece[] = [];
+    for (const p of this.slotTable.cover(0, range.guestPhysAddr, range.size)) {
+      const span = `${hex(p.guestPhysAddr)}..${hex(p.guestPhysAddr + p.size)}`;
+      if (!p.slot) {
+        gaps.push(`${span} (no slot)`);
+        continue;
+      }
+      const g = p.slot.guestMemfd;
+      if (!g) {
+        gaps.push(`${span} (slot ${p.slot.id} has no guest_memfd)`);
+        continue;
+      }
+      const delta = Number(p.guestPhysAddr - p.slot.guestPhysAddr);
+      const u = p.slot.userspace;
+      const sharedOffset = u.offset + delta;
+      const privateOffset = g.offset + delta;
+      pieces.push({
+        slot: p.slot.id,
+        guestPhysAddr: p.guestPhysAddr,
+        size: p.size,
+        shared: { file: u.file, offset: u.file ? sharedOffset : delta },
+        private: { file: g.file, offset: privateOffset },
+        inPlace: u.file === g.file && sharedOffset === privateOffset,
+      });
+    }
+    if (gaps.length) throw coverageError(op, gaps);
+    return pieces;
   }
 
   /** Every slot, by address space then GPA. */
