@@ -78,7 +78,7 @@ export class Vm {
       slotTable: this.slotTable,
       checkOpen: (op) => this.checkOpen(op),
       privateRanges: (gpa, size) => {
-        if (this.attributes.count === 0) return [];
+        if (this.attributes.count === 0 || size === 0n) return [];
         // The map is page-granular: widen an unaligned access to the pages it touches.
         const start = gpa & ~PAGE_MASK;
         const end = (gpa + size + PAGE_MASK) & ~PAGE_MASK;
