@@ -230,8 +230,8 @@ export function writePattern(dstAddr: number | bigint, length: number, value: nu
   ];
   for (const { seg, off, count } of realModeChunks(dst, n)) {
     code.push(
-      0xb8, ...imm16(seg), //   mov ax, seg    ; segment of this 64 KiB window
-      0x8e, 0xc0, //            mov es, ax
+      0xbb, ...imm16(seg), //   mov bx, seg    ; segment of this 64 KiB window (bx: al holds the fill byte)
+      0x8e, 0xc3, //            mov es, bx
       0xbf, ...imm16(off), //   mov di, off    ; first byte within the window
       0xb9, ...imm16(count), // mov cx, count  ; bytes in this window (>= 1)
       0xf3, 0xaa, //            rep stosb      ; es:[di++] = al, cx times
@@ -278,6 +278,32 @@ export function spin(options?: ProgramOptions & { mode?: 'real' | 'long' }): Gue
   ], options);
 }
 
+/** Options of {@link hypercall} and {@link longHypercall}. */
+export interface HypercallOptions extends ProgramOptions {
+  /**
+   * Port to send the result to after the call (`out dx, eax`: a 4-byte KVM_EXIT_IO
+   * carrying the low 32 bits of rax), so the guest-visible result can be checked.
+   * Default: none, the program halts right after the call.
+   */
+  reportPort?: number;
+  /**
+   * `'vmcall'` (0F 01 C1, Intel's; the default, what KVM guests use) or `'vmmcall'`
+   * (0F 01 D9, AMD's). KVM accepts both: on the other vendor it emulates the
+   * instruction and may patch it into the native one in guest memory.
+   */
+  instruction?: 'vmcall' | 'vmmcall';
+}
+
+function hypercallInstruction(options?: HypercallOptions): number[] {
+  const insn = options?.instruction ?? 'vmcall';
+  if (insn !== 'vmcall' && insn !== 'vmmcall') {
+    const err = new TypeError(`hypercall instruction must be 'vmcall' or 'vmmcall', got ${String(insn)}`);
+    (err as TypeError & { code: string }).code = 'ERR_INVALID_ARG_VALUE';
+    throw err;
+  }
+  return insn === 'vmcall' ? [0x0f, 0x01, 0xc1] : [0x0f, 0x01, 0xd9];
+}
+
 /**
  * A KVM hypercall from real mode: `vmcall` with eax = nr, ebx = a0, ecx = a1,
  * edx = a2 (32-bit registers via the 0x66 operand-size prefix; KVM truncates
@@ -286,30 +312,32 @@ export function spin(options?: ProgramOptions & { mode?: 'real' | 'long' }): Gue
  * KVM handles hypercalls itself; only those enabled with KVM_CAP_EXIT_HYPERCALL
  * (today only KVM_HC_MAP_GPA_RANGE = 12) exit to userspace as
  * KVM_EXIT_HYPERCALL. Others return a status in eax (-KVM_ENOSYS = -1000 for
- * an unknown nr). With `reportPort`, the program sends eax after the call to that
- * port (`out dx, eax`: a 4-byte KVM_EXIT_IO), so the result can be checked.
- * On AMD, KVM emulates `vmcall` and may patch it to `vmmcall` in guest memory.
+ * an unknown nr), which `reportPort` makes visible.
+ *
+ * Not every host completes hypercalls: on a KVM with the PVM backend (AMD) the
+ * vCPU stays on the `vmcall` inside KVM_RUN until it is kicked.
  */
 export function hypercall(nr: number | bigint, a0: number | bigint = 0, a1: number | bigint = 0,
-  a2: number | bigint = 0, reportPort?: number, options?: ProgramOptions): GuestProgram {
-  const regs = [nr, a0, a1, a2].map((v, i) => checkInt(['nr', 'a0', 'a1', 'a2'][i]!, v, 0, 0xffff_ffff));
-  const [n, x0, x1, x2] = regs as [number, number, number, number];
+  a2: number | bigint = 0, options?: HypercallOptions): GuestProgram {
+  const names = ['nr', 'a0', 'a1', 'a2'];
+  const [n, x0, x1, x2] = [nr, a0, a1, a2].map((v, i) => checkInt(names[i]!, v, 0, 0xffff_ffff)) as
+    [number, number, number, number];
   const code: number[] = [
     0x66, 0xb8, ...imm32(n), //  mov eax, nr  ; hypercall number
     0x66, 0xbb, ...imm32(x0), // mov ebx, a0
     0x66, 0xb9, ...imm32(x1), // mov ecx, a1
     0x66, 0xba, ...imm32(x2), // mov edx, a2
-    0x0f, 0x01, 0xc1, //         vmcall       ; KVM_EXIT_HYPERCALL if enabled; result in eax
+    ...hypercallInstruction(options), // vmcall (or vmmcall) ; KVM_EXIT_HYPERCALL if enabled; result in eax
   ];
-  if (reportPort !== undefined) {
-    const p = checkPort(reportPort);
+  const port = options?.reportPort;
+  if (port !== undefined) {
     code.push(
-      0xba, ...imm16(p), // mov dx, port
-      0x66, 0xef, //        out dx, eax  ; KVM_EXIT_IO, 4 bytes: the hypercall's result
+      0xba, ...imm16(checkPort(port)), // mov dx, port
+      0x66, 0xef, //                      out dx, eax  ; KVM_EXIT_IO, 4 bytes: the hypercall's result
     );
   }
   code.push(...HALT_FOREVER);
-  const name = `hypercall(${[n, x0, x1, x2].map(formatHex).join(', ')}${reportPort === undefined ? '' : `, port ${formatHex(reportPort)}`})`;
+  const name = `hypercall(${[n, x0, x1, x2].map(formatHex).join(', ')}${port === undefined ? '' : `, port ${formatHex(port)}`})`;
   return program(name, 'real', code, options);
 }
 
@@ -587,11 +615,11 @@ export function longTouch(gpa: number | bigint, port: number = DEFAULT_PORT, opt
 
 /**
  * Long mode: `vmcall` with rax = nr, rbx = a0, rcx = a1, rdx = a2, rsi = a3 (the
- * KVM hypercall ABI), then halts. With `reportPort`, sends eax (the low 32 bits of
- * the result) to that port with `out dx, eax`. See {@link hypercall}.
+ * KVM hypercall ABI), then halts. See {@link hypercall} for what KVM does with it.
+ * A KVM_EXIT_HYPERCALL from here has KVM_EXIT_HYPERCALL_LONG_MODE in its flags.
  */
-export function longHypercall(nr: number | bigint, args: ReadonlyArray<number | bigint> = [], reportPort?: number,
-  options?: ProgramOptions): GuestProgram {
+export function longHypercall(nr: number | bigint, args: ReadonlyArray<number | bigint> = [],
+  options?: HypercallOptions): GuestProgram {
   if (args.length > 4) throw outOfRange('args.length', args.length, 'a KVM hypercall takes at most 4 arguments');
   const n = checkU64('nr', nr);
   const a = [0, 1, 2, 3].map((i) => checkU64(`a${i}`, args[i] ?? 0));
@@ -601,16 +629,16 @@ export function longHypercall(nr: number | bigint, args: ReadonlyArray<number | 
     0x48, 0xb9, ...imm64(a[1]!), // movabs rcx, a1
     0x48, 0xba, ...imm64(a[2]!), // movabs rdx, a2
     0x48, 0xbe, ...imm64(a[3]!), // movabs rsi, a3
-    0x0f, 0x01, 0xc1, //            vmcall          ; KVM_EXIT_HYPERCALL if enabled; result in rax
+    ...hypercallInstruction(options), // vmcall (or vmmcall) ; KVM_EXIT_HYPERCALL if enabled; result in rax
   ];
-  if (reportPort !== undefined) {
-    const p = checkPort(reportPort);
+  const port = options?.reportPort;
+  if (port !== undefined) {
     code.push(
-      0xba, ...imm32(p), // mov edx, port
-      0xef, //              out dx, eax  ; KVM_EXIT_IO, 4 bytes: the hypercall's result
+      0xba, ...imm32(checkPort(port)), // mov edx, port
+      0xef, //                            out dx, eax  ; KVM_EXIT_IO, 4 bytes: the hypercall's result
     );
   }
   code.push(...HALT_FOREVER);
-  const name = `longHypercall(${[n, ...a].map(formatHex).join(', ')}${reportPort === undefined ? '' : `, port ${formatHex(reportPort)}`})`;
+  const name = `longHypercall(${[n, ...a].map(formatHex).join(', ')}${port === undefined ? '' : `, port ${formatHex(port)}`})`;
   return program(name, 'long', code, options);
 }

@@ -62,3 +62,15 @@ export {
   type GpaRange,
   type MemoryFault,
 } from './conversion';
+export { Vcpu, type Regs, type Sregs, type Segment, type Dtable, type Fpu, type RunHandlers, type HandlerResult } from './vcpu';
+export {
+  decodeExit,
+  ExitReason,
+  type VcpuExit,
+  type IoExit,
+  type MmioExit,
+  type HltExit,
+  type HypercallExit,
+  type MemoryFaultExit,
+  type VcpuExitReason,
+} from './exits';

@@ -13,7 +13,9 @@ export type NativeMapping = [ArrayBuffer, number, bigint];
 
 /** The runner object that owns a vCPU's KVM_RUN thread. @internal */
 export interface NativeVcpuRunner {
-  run(): void;
+  /** errno when the exit came within the spin window, else undefined (callback later). */
+  run(): number | undefined;
+  setSpin(callerNs: number, threadNs: number): void;
   runSync(): number;
   kick(): boolean;
   close(): void;
@@ -66,7 +68,6 @@ export interface NativeBinding {
   mappingCount(): number;
 
   VcpuRunner: new (fd: number, runAddress: bigint, onExit: (errno: number) => void) => NativeVcpuRunner;
-  setRunnerRef(runner: NativeVcpuRunner, ref: boolean): void;
   getRegs(fd: number, out: Uint8Array): void;
   setRegs(fd: number, regs: Uint8Array): void;
   getSregs(fd: number, out: Uint8Array): void;

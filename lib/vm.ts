@@ -3,7 +3,7 @@
  * notifier and vCPUs.
  */
 import { Cap, capName, decodeCapabilities, GuestMemfdFlag, type Capabilities, type VmTypeName } from './caps';
-import { closedError, explain, UnsupportedError } from './errors';
+import { closedError, explain, StateError, UnsupportedError } from './errors';
 import { GuestMemfd, type GuestMemfdOptions } from './guest-memfd';
 import type { Kvm } from './kvm';
 import { native } from './native';
@@ -22,6 +22,7 @@ import {
   type UserMemoryRegion2,
 } from './memory-slot';
 import { SlotTable } from './slot-table';
+import { Vcpu } from './vcpu';
 import {
   checkRequest,
   convertRanges,
@@ -67,6 +68,7 @@ export class Vm {
   #fd: number;
   readonly #files = new Set<GuestMemfd>();
   readonly #capCache = new Map<number, number>();
+  readonly #vcpus = new Map<number, Vcpu>();
 
   /** @internal */
   constructor(kvm: Kvm, fd: number, type: VmTypeName) {
@@ -444,8 +446,56 @@ export class Vm {
     this.kvm.forgetVm(this);
   }
 
-  /** Removes every slot (listeners hear a `'close'` invalidation). @internal */
+  /**
+   * KVM_CREATE_VCPU with its kvm_run mapping. Ids must be unique and below
+   * KVM_CAP_MAX_VCPUS.
+   */
+  createVcpu(id: number): Vcpu {
+    const op = 'vm.createVcpu';
+    const fd = this.checkOpen(op);
+    const max = this.cap(Cap.MaxVcpus) || this.cap(Cap.NrVcpus) || 1;
+    const n = uint(id, op, 'id', max - 1);
+    if (this.#vcpus.has(n)) throw new StateError('ERR_IN_USE', `${op}: vCPU ${n} already exists`);
+    let vcpuFd: number;
+    try {
+      vcpuFd = native.createVcpu(fd, n);
+    } catch (e) {
+      throw explain(e, `${op}(${n})`, { EEXIST: `vCPU ${n} already exists in the kernel`, EINVAL: 'id out of range' });
+    }
+    const vcpu = new Vcpu(this, n, vcpuFd, this.kvm.vcpuMmapSize());
+    this.#vcpus.set(n, vcpu);
+    return vcpu;
+  }
+
+  /** @internal */
+  forgetVcpu(vcpu: Vcpu): void {
+    if (this.#vcpus.get(vcpu.id) === vcpu) this.#vcpus.delete(vcpu.id);
+  }
+
+  /** The open vCPUs, by id. */
+  get vcpus(): readonly Vcpu[] {
+    return [...this.#vcpus.values()].sort((a, b) => a.id - b.id);
+  }
+
+  /**
+   * KVM_ENABLE_CAP on the VM fd, e.g. KVM_CAP_EXIT_HYPERCALL with the bit of
+   * KVM_HC_MAP_GPA_RANGE so the guest's conversion requests exit to userspace.
+   */
+  enableCap(cap: number, args: ReadonlyArray<number | bigint> = [], flags = 0): void {
+    const op = 'vm.enableCap';
+    const fd = this.checkOpen(op);
+    const a = [0, 1, 2, 3].map((i) => u64(args[i] ?? 0, op, `args[${i}]`));
+    try {
+      native.enableCap(fd, uint(cap, op, 'cap', 0xffffffff), uint(flags, op, 'flags', 0xffffffff), a[0]!, a[1]!, a[2]!, a[3]!);
+    } catch (e) {
+      throw explain(e, `${op}(${capName(cap)})`, { EINVAL: 'the capability or its arguments are not supported by this VM' });
+    }
+    this.#capCache.delete(cap);
+  }
+
+  /** Closes vCPUs, then removes every slot (listeners hear a `'close'` invalidation). @internal */
   protected closeChildren(): void {
+    for (const vcpu of [...this.#vcpus.values()]) vcpu.close();
     for (const slot of this.slotTable.all().reverse()) removeSlotSync(this, slot);
   }
 

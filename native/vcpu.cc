@@ -10,6 +10,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <ctime>
 
 #include "common.h"
 #include "uapi/kvm_gmem.h"
@@ -25,12 +26,20 @@ static void OnKick(int) {}
 
 // One vCPU's run loop. KVM_RUN blocks for as long as the guest runs, so it gets a
 // thread of its own (never the libuv pool: a spinning guest would starve fs and dns).
+//
+// Hand-off protocol, tuned for exit-heavy guests: run() posts a request and then
+// waits up to `spinNs` on the calling thread for the exit; a quick exit (port I/O,
+// MMIO) is returned directly, without waking the event loop through libuv. A longer
+// run is handed to a thread-safe function and resolves later, so the event loop is
+// never blocked for more than the spin window. The vCPU thread likewise spins
+// briefly for the next request before sleeping, which saves a futex wake-up per exit.
 class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "VcpuRunner",
                        {InstanceMethod("run", &VcpuRunner::Run), InstanceMethod("runSync", &VcpuRunner::RunSync),
-                        InstanceMethod("kick", &VcpuRunner::Kick), InstanceMethod("close", &VcpuRunner::Close)});
+                        InstanceMethod("kick", &VcpuRunner::Kick), InstanceMethod("close", &VcpuRunner::Close),
+                        InstanceMethod("setSpin", &VcpuRunner::SetSpin)});
   }
 
   // new VcpuRunner(vcpuFd, kvmRunAddress, onExit(errno))
@@ -51,12 +60,33 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   ~VcpuRunner() override { Shutdown(); }
 
  private:
-  enum class Phase { Idle, Requested, Running };
+  enum : int { kIdle = 0, kPending = 1, kPendingAsync = 2, kDone = 3 };
+
+  static uint64_t NowNs() {
+    timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return static_cast<uint64_t>(t.tv_sec) * 1000000000ull + static_cast<uint64_t>(t.tv_nsec);
+  }
+
+  static void CpuRelax() { __builtin_ia32_pause(); }
 
   static void CleanupHook(void* self) {
     auto* runner = static_cast<VcpuRunner*>(self);
     runner->hooked_ = false;
     runner->Shutdown();
+  }
+
+  // Runs on the JS thread for a run whose caller stopped waiting.
+  static void DeliverAsync(Napi::Env env, Napi::Function cb, VcpuRunner* self) {
+    int err = self->result_;
+    self->state_.store(kIdle, std::memory_order_release);
+    if (!self->closed_) self->tsfn_.Unref(env);
+    // An exception must not unwind through libuv: report it as uncaught instead.
+    try {
+      cb.Call({Napi::Number::New(env, err)});
+    } catch (const Napi::Error& error) {
+      napi_fatal_exception(env, error.Value());
+    }
   }
 
   void StartThread(Napi::Env env) {
@@ -66,62 +96,99 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     started_ = true;
   }
 
+  bool RequestSeen() const {
+    return requestSeq_.load(std::memory_order_acquire) != handledSeq_ || closing_.load(std::memory_order_acquire);
+  }
+
   void Loop() {
-    std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
-      cv_.wait(lock, [this] { return phase_ == Phase::Requested || closing_; });
-      if (closing_) return;
-      phase_ = Phase::Running;
-      lock.unlock();
+      uint64_t deadline = NowNs() + threadSpinNs_;
+      while (!RequestSeen() && NowNs() < deadline) CpuRelax();
+      if (!RequestSeen()) {
+        std::unique_lock<std::mutex> lock(mu_);
+        sleeping_.store(true, std::memory_order_seq_cst);
+        cv_.wait(lock, [this] { return RequestSeen(); });
+        sleeping_.store(false, std::memory_order_relaxed);
+      }
+      if (closing_.load(std::memory_order_acquire)) return;
+      handledSeq_ = requestSeq_.load(std::memory_order_acquire);
+      {
+        std::lock_guard<std::mutex> lock(kickMu_);
+        inRun_ = true;
+      }
+      // The kernel may leave a stale exit_reason after a failed KVM_RUN; clear it so
+      // an old KVM_EXIT_MEMORY_FAULT is never mistaken for a new one.
+      run_->exit_reason = 0;
       int err = ioctl(fd_, KVM_RUN, 0) < 0 ? errno : 0;
-      lock.lock();
-      phase_ = Phase::Idle;
-      run_->immediate_exit = 0;
-      // Deliver on the JS thread; the callback decodes kvm_run there.
-      tsfn_.NonBlockingCall(reinterpret_cast<int*>(static_cast<intptr_t>(err)),
-                            [](Napi::Env env, Napi::Function cb, int* e) {
-                              cb.Call({Napi::Number::New(env, static_cast<int>(reinterpret_cast<intptr_t>(e)))});
-                            });
+      {
+        std::lock_guard<std::mutex> lock(kickMu_);
+        inRun_ = false;
+        run_->immediate_exit = 0;
+      }
+      result_ = err;
+      int expected = kPending;
+      if (!state_.compare_exchange_strong(expected, kDone, std::memory_order_acq_rel)) {
+        // The caller stopped waiting: deliver on the JS thread.
+        tsfn_.NonBlockingCall(this, [](Napi::Env env, Napi::Function cb, VcpuRunner* self) { DeliverAsync(env, cb, self); });
+      }
     }
   }
 
-  // run(): start one KVM_RUN on the vCPU thread; the exit callback gets its errno.
+  // run() -> errno when the exit arrived within the spin window, else undefined
+  // (the exit callback gets the errno later).
   Napi::Value Run(const Napi::CallbackInfo& info) {
     if (closed_) return ThrowErrno(info.Env(), EBADF, "ioctl", "KVM_RUN");
     if (!started_) StartThread(info.Env());
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (phase_ != Phase::Idle) {
-        Napi::Error::New(info.Env(), "vCPU is already running").ThrowAsJavaScriptException();
-        return Napi::Value();
-      }
-      phase_ = Phase::Requested;
+    if (state_.load(std::memory_order_acquire) != kIdle) {
+      Napi::Error::New(info.Env(), "vCPU is already running").ThrowAsJavaScriptException();
+      return Napi::Value();
     }
-    cv_.notify_one();
-    return info.Env().Undefined();
+    state_.store(kPending, std::memory_order_seq_cst);
+    requestSeq_.fetch_add(1, std::memory_order_seq_cst);
+    if (sleeping_.load(std::memory_order_seq_cst)) {
+      { std::lock_guard<std::mutex> lock(mu_); }
+      cv_.notify_one();
+    }
+    uint64_t deadline = NowNs() + callerSpinNs_;
+    while (state_.load(std::memory_order_acquire) != kDone && NowNs() < deadline) CpuRelax();
+    int expected = kPending;
+    if (state_.compare_exchange_strong(expected, kPendingAsync, std::memory_order_acq_rel)) {
+      tsfn_.Ref(info.Env());
+      return info.Env().Undefined();
+    }
+    // kDone: the exit is here already.
+    int err = result_;
+    state_.store(kIdle, std::memory_order_release);
+    return Napi::Number::New(info.Env(), err);
   }
 
-  // ref(bool): keep the event loop alive while a run is outstanding.
   // runSync() -> errno: KVM_RUN on the calling thread, for tight scripted loops.
   Napi::Value RunSync(const Napi::CallbackInfo& info) {
     if (closed_) return ThrowErrno(info.Env(), EBADF, "ioctl", "KVM_RUN");
+    run_->exit_reason = 0;
     int err = ioctl(fd_, KVM_RUN, 0) < 0 ? errno : 0;
     return Napi::Number::New(info.Env(), err);
   }
 
-  // kick() -> boolean: make a running (or about to run) KVM_RUN return EINTR.
-  Napi::Value Kick(const Napi::CallbackInfo& info) {
-    return Napi::Boolean::New(info.Env(), KickLocked());
+  // setSpin(callerNs, threadNs): tune the hand-off windows (0 disables spinning).
+  Napi::Value SetSpin(const Napi::CallbackInfo& info) {
+    uint64_t caller, thread;
+    if (!ArgU64(info, 0, &caller) || !ArgU64(info, 1, &thread)) return Napi::Value();
+    callerSpinNs_ = caller;
+    threadSpinNs_ = thread;
+    return info.Env().Undefined();
   }
 
-  bool KickLocked() {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!started_ || phase_ == Phase::Idle) return false;
-    // immediate_exit covers the window before the thread enters KVM_RUN; the signal
+  // kick() -> boolean: make a pending or running KVM_RUN return EINTR.
+  Napi::Value Kick(const Napi::CallbackInfo& info) {
+    if (!started_ || closed_ || state_.load(std::memory_order_acquire) == kIdle)
+      return Napi::Boolean::New(info.Env(), false);
+    std::lock_guard<std::mutex> lock(kickMu_);
+    // immediate_exit covers a run that has not entered the guest yet; the signal
     // covers a guest that is already running.
     run_->immediate_exit = 1;
-    pthread_kill(thread_.native_handle(), KickSignal());
-    return true;
+    if (inRun_) pthread_kill(thread_.native_handle(), KickSignal());
+    return Napi::Boolean::New(info.Env(), true);
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
@@ -133,14 +200,13 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     if (closed_) return;
     closed_ = true;
     if (started_) {
+      closing_.store(true, std::memory_order_seq_cst);
       {
-        std::lock_guard<std::mutex> lock(mu_);
-        closing_ = true;
-        if (phase_ == Phase::Running) {
-          run_->immediate_exit = 1;
-          pthread_kill(thread_.native_handle(), KickSignal());
-        }
+        std::lock_guard<std::mutex> lock(kickMu_);
+        run_->immediate_exit = 1;
+        if (inRun_) pthread_kill(thread_.native_handle(), KickSignal());
       }
+      { std::lock_guard<std::mutex> lock(mu_); }
       cv_.notify_one();
       thread_.join();
       tsfn_.Release();
@@ -151,18 +217,6 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     }
   }
 
- public:
-  // Ref/unref the thread-safe function so a pending run keeps the process alive and
-  // an idle vCPU does not.
-  void SetRef(Napi::Env env, bool ref) {
-    if (!started_ || closed_) return;
-    if (ref)
-      tsfn_.Ref(env);
-    else
-      tsfn_.Unref(env);
-  }
-
- private:
   int32_t fd_ = -1;
   kvm_run_head* run_ = nullptr;
   napi_env env_ = nullptr;
@@ -171,8 +225,16 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;
-  Phase phase_ = Phase::Idle;
-  bool closing_ = false;
+  std::mutex kickMu_;
+  bool inRun_ = false;
+  std::atomic<int> state_{kIdle};
+  std::atomic<uint32_t> requestSeq_{0};
+  uint32_t handledSeq_ = 0;
+  std::atomic<bool> sleeping_{false};
+  std::atomic<bool> closing_{false};
+  int result_ = 0;
+  uint64_t callerSpinNs_ = 50000;
+  uint64_t threadSpinNs_ = 50000;
   bool started_ = false;
   bool closed_ = false;
   bool hooked_ = false;
@@ -225,13 +287,6 @@ static Napi::Value PreFaultMemory(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-static Napi::Value SetRunnerRef(const Napi::CallbackInfo& info) {
-  if (!info[0].IsObject()) return info.Env().Undefined();
-  VcpuRunner* runner = VcpuRunner::Unwrap(info[0].As<Napi::Object>());
-  if (runner) runner->SetRef(info.Env(), info[1].ToBoolean().Value());
-  return info.Env().Undefined();
-}
-
 void InitVcpu(Napi::Env env, Napi::Object exports) {
   struct sigaction action;
   memset(&action, 0, sizeof action);
@@ -240,7 +295,6 @@ void InitVcpu(Napi::Env env, Napi::Object exports) {
   sigaction(KickSignal(), &action, nullptr);
 
   exports.Set("VcpuRunner", VcpuRunner::Define(env));
-  exports.Set("setRunnerRef", Napi::Function::New(env, SetRunnerRef, "setRunnerRef"));
   exports.Set("getRegs", Napi::Function::New(env, GetRegs, "getRegs"));
   exports.Set("setRegs", Napi::Function::New(env, SetRegs, "setRegs"));
   exports.Set("getSregs", Napi::Function::New(env, GetSregs, "getSregs"));

@@ -1,0 +1,478 @@
+/**
+ * vCPUs: KVM_CREATE_VCPU, register blocks, and KVM_RUN on a native thread of their
+ * own, with every exit decoded into a discriminated union.
+ */
+import { Cap, capName, Hypercall } from './caps';
+import { ArgumentRangeError, closedError, explain, KvmError, StateError, UnsupportedError } from './errors';
+import { decodeExit, type HypercallExit, type IoExit, type MemoryFaultExit, type MmioExit, type VcpuExit } from './exits';
+import { MemoryView, ViewSet } from './memory-view';
+import { native, type NativeVcpuRunner } from './native';
+import { hex, PAGE_SIZE, u64, uint } from './validate';
+import type { Vm } from './vm';
+
+/** General purpose registers (struct kvm_regs), 64-bit fields as bigint. */
+export interface Regs {
+  rax: bigint; rbx: bigint; rcx: bigint; rdx: bigint; rsi: bigint; rdi: bigint; rsp: bigint; rbp: bigint;
+  r8: bigint; r9: bigint; r10: bigint; r11: bigint; r12: bigint; r13: bigint; r14: bigint; r15: bigint;
+  rip: bigint; rflags: bigint;
+}
+
+/** A segment register (struct kvm_segment). */
+export interface Segment {
+  base: bigint;
+  limit: number;
+  selector: number;
+  type: number;
+  present: number;
+  dpl: number;
+  db: number;
+  s: number;
+  l: number;
+  g: number;
+  avl: number;
+  unusable: number;
+}
+
+/** A descriptor table register (struct kvm_dtable). */
+export interface Dtable {
+  base: bigint;
+  limit: number;
+}
+
+/** Special registers (struct kvm_sregs). */
+export interface Sregs {
+  cs: Segment; ds: Segment; es: Segment; fs: Segment; gs: Segment; ss: Segment; tr: Segment; ldt: Segment;
+  gdt: Dtable; idt: Dtable;
+  cr0: bigint; cr2: bigint; cr3: bigint; cr4: bigint; cr8: bigint; efer: bigint; apicBase: bigint;
+  /** 256 bits of pending interrupts, as four 64-bit words. */
+  interruptBitmap: bigint[];
+}
+
+/** FPU state (struct kvm_fpu). */
+export interface Fpu {
+  /** x87 registers, 8 × 16 bytes. */
+  fpr: Buffer[];
+  fcw: number;
+  fsw: number;
+  ftwx: number;
+  lastOpcode: number;
+  lastIp: bigint;
+  lastDp: bigint;
+  /** SSE registers, 16 × 16 bytes. */
+  xmm: Buffer[];
+  mxcsr: number;
+}
+
+/** What an exit handler returns: `'stop'` ends `runUntil`, anything else resumes. */
+export type HandlerResult = void | 'stop' | Promise<void | 'stop'>;
+
+/** Handlers for {@link Vcpu.runUntil}. */
+export interface RunHandlers {
+  /** Port I/O. Fill `exit.data` for IN. Without a handler, the loop stops at it. */
+  io?(exit: IoExit): HandlerResult;
+  /** MMIO (an access to an unmapped or read-only GPA). Without a handler, the loop stops at it. */
+  mmio?(exit: MmioExit): HandlerResult;
+  /**
+   * Hypercalls routed to userspace. Default: KVM_HC_MAP_GPA_RANGE converts the range
+   * (`vm.convert`) and returns 0; others stop the loop.
+   */
+  hypercall?(exit: HypercallExit): HandlerResult;
+  /** KVM_EXIT_MEMORY_FAULT. Default: the VM's conversion policy (`vm.convertOnMemoryFault`). */
+  memoryFault?(exit: MemoryFaultExit): HandlerResult;
+  /** Use `runSync()` on the calling thread instead of the vCPU thread. */
+  sync?: boolean;
+  /** Stop after this many exits (default: no limit). */
+  maxExits?: number;
+}
+
+const regNames = [
+  'rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rsp', 'rbp',
+  'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rip', 'rflags',
+] as const;
+const segNames = ['cs', 'ds', 'es', 'fs', 'gs', 'ss', 'tr', 'ldt'] as const;
+const SREGS_SIZE = 312;
+const FPU_SIZE = 416;
+/** KVM_MAP_GPA_RANGE_ENCRYPTED: the guest asks for private memory. */
+const MAP_GPA_RANGE_ENCRYPTED = 1n << 4n;
+
+function readSegment(b: Buffer, o: number): Segment {
+  return {
+    base: b.readBigUInt64LE(o),
+    limit: b.readUInt32LE(o + 8),
+    selector: b.readUInt16LE(o + 12),
+    type: b[o + 14]!,
+    present: b[o + 15]!,
+    dpl: b[o + 16]!,
+    db: b[o + 17]!,
+    s: b[o + 18]!,
+    l: b[o + 19]!,
+    g: b[o + 20]!,
+    avl: b[o + 21]!,
+    unusable: b[o + 22]!,
+  };
+}
+
+function writeSegment(b: Buffer, o: number, s: Segment): void {
+  b.writeBigUInt64LE(BigInt(s.base), o);
+  b.writeUInt32LE(s.limit >>> 0, o + 8);
+  b.writeUInt16LE(s.selector & 0xffff, o + 12);
+  const bytes = [s.type, s.present, s.dpl, s.db, s.s, s.l, s.g, s.avl, s.unusable];
+  bytes.forEach((v, i) => (b[o + 14 + i] = v & 0xff));
+}
+
+/** Decodes struct kvm_sregs. @internal */
+export function decodeSregs(b: Buffer): Sregs {
+  const segs = Object.fromEntries(segNames.map((n, i) => [n, readSegment(b, i * 24)])) as Record<(typeof segNames)[number], Segment>;
+  return {
+    ...segs,
+    gdt: { base: b.readBigUInt64LE(192), limit: b.readUInt16LE(200) },
+    idt: { base: b.readBigUInt64LE(208), limit: b.readUInt16LE(216) },
+    cr0: b.readBigUInt64LE(224),
+    cr2: b.readBigUInt64LE(232),
+    cr3: b.readBigUInt64LE(240),
+    cr4: b.readBigUInt64LE(248),
+    cr8: b.readBigUInt64LE(256),
+    efer: b.readBigUInt64LE(264),
+    apicBase: b.readBigUInt64LE(272),
+    interruptBitmap: [0, 1, 2, 3].map((i) => b.readBigUInt64LE(280 + 8 * i)),
+  };
+}
+
+/** Encodes struct kvm_sregs. @internal */
+export function encodeSregs(s: Sregs, b: Buffer = Buffer.alloc(SREGS_SIZE)): Buffer {
+  segNames.forEach((n, i) => writeSegment(b, i * 24, s[n]));
+  b.writeBigUInt64LE(BigInt(s.gdt.base), 192);
+  b.writeUInt16LE(s.gdt.limit & 0xffff, 200);
+  b.writeBigUInt64LE(BigInt(s.idt.base), 208);
+  b.writeUInt16LE(s.idt.limit & 0xffff, 216);
+  (['cr0', 'cr2', 'cr3', 'cr4', 'cr8', 'efer', 'apicBase'] as const).forEach((k, i) => b.writeBigUInt64LE(BigInt(s[k]), 224 + 8 * i));
+  s.interruptBitmap.forEach((w, i) => b.writeBigUInt64LE(BigInt(w), 280 + 8 * i));
+  return b;
+}
+
+/**
+ * A vCPU (KVM_CREATE_VCPU) with its kvm_run mapping. `run()` issues KVM_RUN on the
+ * vCPU's own native thread, so a spinning guest never blocks the event loop;
+ * `runSync()` runs on the calling thread for tight scripted loops. A KVM_RUN that
+ * fails with EFAULT and KVM_EXIT_MEMORY_FAULT is decoded as a `memory-fault` exit,
+ * not thrown.
+ *
+ * @example
+ * const vcpu = vm.createVcpu(0);
+ * vcpu.setRegs({ rip: 0x1000n, rflags: 2n });
+ * const exit = await vcpu.run();
+ * if (exit.reason === 'io') console.log(exit.port, exit.data);
+ */
+export class Vcpu {
+  /** The VM. */
+  readonly vm: Vm;
+  /** The vCPU id (APIC id). */
+  readonly id: number;
+  #fd: number;
+  #runView: MemoryView;
+  #run: Buffer;
+  #runner: NativeVcpuRunner;
+  #pending: { resolve(exit: VcpuExit): void; reject(error: unknown): void } | undefined;
+  readonly #regs = Buffer.alloc(144);
+  readonly #sregs = Buffer.alloc(SREGS_SIZE);
+  readonly #views: ViewSet;
+
+  /** @internal */
+  constructor(vm: Vm, id: number, fd: number, mmapSize: number) {
+    this.vm = vm;
+    this.id = id;
+    this.#fd = fd;
+    this.#views = new ViewSet(`kvm_run of vCPU ${id}`);
+    try {
+      this.#runView = this.#views.adopt(native.mapFile(fd, 0, mmapSize, true), 0, mmapSize);
+    } catch (e) {
+      native.close(fd);
+      throw explain(e, `vm.createVcpu(${id}): mapping kvm_run`);
+    }
+    this.#run = this.#runView.buffer;
+    this.#runner = new native.VcpuRunner(fd, this.#runView.address, (errno) => this.#onExit(errno));
+  }
+
+  /** The vCPU fd. Throws ERR_CLOSED after close. */
+  get fd(): number {
+    if (this.#fd < 0) throw closedError(`vCPU ${this.id}`, 'fd');
+    return this.#fd;
+  }
+
+  /** True after `close()`. */
+  get closed(): boolean {
+    return this.#fd < 0;
+  }
+
+  /**
+   * Tunes the `run()` hand-off: how long the caller waits for a quick exit before
+   * returning to the event loop, and how long the vCPU thread waits for the next
+   * request before sleeping (microseconds; defaults 50 and 50; 0 disables).
+   */
+  setSpin(callerMicroseconds: number, threadMicroseconds: number = callerMicroseconds): void {
+    const op = 'vcpu.setSpin';
+    this.#check(op);
+    const c = uint(callerMicroseconds, op, 'callerMicroseconds', 1_000_000);
+    const t = uint(threadMicroseconds, op, 'threadMicroseconds', 1_000_000);
+    this.#runner.setSpin(c * 1000, t * 1000);
+  }
+
+  /** True while an async `run()` is in flight. */
+  get running(): boolean {
+    return this.#pending !== undefined;
+  }
+
+  /** The kvm_run mapping, zero-copy (for raw access; exits are decoded from it). */
+  get kvmRun(): Buffer {
+    return this.#run;
+  }
+
+  #check(op: string): number {
+    if (this.#fd < 0) throw closedError(`vCPU ${this.id}`, op);
+    return this.#fd;
+  }
+
+  /** KVM_GET_REGS. */
+  getRegs(): Regs {
+    const fd = this.#check('vcpu.getRegs');
+    native.getRegs(fd, this.#regs);
+    const out = {} as Regs;
+    regNames.forEach((n, i) => (out[n] = this.#regs.readBigUInt64LE(8 * i)));
+    return out;
+  }
+
+  /** KVM_SET_REGS. Fields not given keep their current values. */
+  setRegs(regs: Partial<Regs>): void {
+    const op = 'vcpu.setRegs';
+    const fd = this.#check(op);
+    if (regs === null || typeof regs !== 'object') throw new TypeError(`${op}: regs must be an object`);
+    native.getRegs(fd, this.#regs);
+    for (const [k, v] of Object.entries(regs)) {
+      const i = regNames.indexOf(k as (typeof regNames)[number]);
+      if (i < 0) throw new ArgumentRangeError('ERR_INVALID_ARG_VALUE', `${op}: unknown register '${k}'`);
+      this.#regs.writeBigUInt64LE(u64(v, op, k), 8 * i);
+    }
+    try {
+      native.setRegs(fd, this.#regs);
+    } catch (e) {
+      throw explain(e, op);
+    }
+  }
+
+  /** KVM_GET_SREGS. */
+  getSregs(): Sregs {
+    native.getSregs(this.#check('vcpu.getSregs'), this.#sregs);
+    return decodeSregs(this.#sregs);
+  }
+
+  /** KVM_SET_SREGS. Fields not given keep their current values (segments merge field by field). */
+  setSregs(sregs: Partial<{ [K in keyof Sregs]: Sregs[K] extends object ? Partial<Sregs[K]> : Sregs[K] }>): void {
+    const op = 'vcpu.setSregs';
+    const fd = this.#check(op);
+    native.getSregs(fd, this.#sregs);
+    const current = decodeSregs(this.#sregs) as unknown as Record<string, unknown>;
+    for (const [k, v] of Object.entries(sregs)) {
+      if (!(k in current)) throw new ArgumentRangeError('ERR_INVALID_ARG_VALUE', `${op}: unknown field '${k}'`);
+      const cur = current[k];
+      current[k] = cur && typeof cur === 'object' && !Array.isArray(cur) ? { ...cur, ...(v as object) } : v;
+    }
+    encodeSregs(current as unknown as Sregs, this.#sregs);
+    try {
+      native.setSregs(fd, this.#sregs);
+    } catch (e) {
+      throw explain(e, op, { EINVAL: 'the kernel rejected the special register state (inconsistent CR0/CR4/EFER or segments)' });
+    }
+  }
+
+  /** KVM_GET_FPU. */
+  getFpu(): Fpu {
+    const b = Buffer.alloc(FPU_SIZE);
+    native.getFpu(this.#check('vcpu.getFpu'), b);
+    return {
+      fpr: Array.from({ length: 8 }, (_, i) => Buffer.from(b.subarray(16 * i, 16 * i + 16))),
+      fcw: b.readUInt16LE(128),
+      fsw: b.readUInt16LE(130),
+      ftwx: b[132]!,
+      lastOpcode: b.readUInt16LE(134),
+      lastIp: b.readBigUInt64LE(136),
+      lastDp: b.readBigUInt64LE(144),
+      xmm: Array.from({ length: 16 }, (_, i) => Buffer.from(b.subarray(152 + 16 * i, 168 + 16 * i))),
+      mxcsr: b.readUInt32LE(408),
+    };
+  }
+
+  /** KVM_SET_FPU. Fields not given keep their current values. */
+  setFpu(fpu: Partial<Fpu>): void {
+    const fd = this.#check('vcpu.setFpu');
+    const f = { ...this.getFpu(), ...fpu };
+    const b = Buffer.alloc(FPU_SIZE);
+    f.fpr.forEach((r, i) => b.set(r.subarray(0, 16), 16 * i));
+    b.writeUInt16LE(f.fcw, 128);
+    b.writeUInt16LE(f.fsw, 130);
+    b[132] = f.ftwx;
+    b.writeUInt16LE(f.lastOpcode, 134);
+    b.writeBigUInt64LE(f.lastIp, 136);
+    b.writeBigUInt64LE(f.lastDp, 144);
+    f.xmm.forEach((r, i) => b.set(r.subarray(0, 16), 152 + 16 * i));
+    b.writeUInt32LE(f.mxcsr, 408);
+    native.setFpu(fd, b);
+  }
+
+  /**
+   * KVM_ENABLE_CAP on the vCPU fd. (VM-wide capabilities such as
+   * KVM_CAP_EXIT_HYPERCALL are enabled with `vm.enableCap`.)
+   */
+  enableCap(cap: number, args: ReadonlyArray<number | bigint> = [], flags = 0): void {
+    const op = 'vcpu.enableCap';
+    const fd = this.#check(op);
+    const a = [0, 1, 2, 3].map((i) => u64(args[i] ?? 0, op, `args[${i}]`));
+    try {
+      native.enableCap(fd, uint(cap, op, 'cap', 0xffffffff), uint(flags, op, 'flags', 0xffffffff), a[0]!, a[1]!, a[2]!, a[3]!);
+    } catch (e) {
+      throw explain(e, `${op}(${capName(cap)})`);
+    }
+  }
+
+  #decode(errno: number): VcpuExit {
+    const exit = decodeExit(this.#run, errno);
+    if (exit.reason === 'error') throw explain(new KvmError({ errno, syscall: 'ioctl', ioctl: 'KVM_RUN' }), `vcpu ${this.id} run`, {
+      EFAULT: 'the guest touched memory whose userspace mapping is gone or inaccessible',
+      ENOEXEC: 'the vCPU state is invalid for running',
+    });
+    return exit;
+  }
+
+  #onExit(errno: number): void {
+    const pending = this.#pending;
+    this.#pending = undefined;
+    if (!pending) return;
+    if (this.#fd < 0) {
+      pending.reject(closedError(`vCPU ${this.id}`, 'vcpu.run'));
+      return;
+    }
+    try {
+      pending.resolve(this.#decode(errno));
+    } catch (e) {
+      pending.reject(e);
+    }
+  }
+
+  /**
+   * KVM_RUN on the vCPU's own thread. Resolves with the decoded exit; the event loop
+   * keeps running meanwhile. `kick()` makes it return promptly with an `intr` exit.
+   */
+  run(): Promise<VcpuExit> {
+    if (this.#fd < 0) return Promise.reject(closedError(`vCPU ${this.id}`, 'vcpu.run'));
+    if (this.#pending) return Promise.reject(new StateError('ERR_BUSY', `vcpu.run: vCPU ${this.id} is already running`));
+    const errno = this.#runner.run();
+    if (errno !== undefined) {
+      // The exit arrived within the hand-off spin window.
+      try {
+        return Promise.resolve(this.#decode(errno));
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    }
+    return new Promise<VcpuExit>((resolve, reject) => {
+      this.#pending = { resolve, reject };
+    });
+  }
+
+  /** KVM_RUN on the calling thread (blocks it until the guest exits). */
+  runSync(): VcpuExit {
+    const op = 'vcpu.runSync';
+    this.#check(op);
+    if (this.#pending) throw new StateError('ERR_BUSY', `${op}: vCPU ${this.id} is already running on its thread`);
+    return this.#decode(this.#runner.runSync());
+  }
+
+  /**
+   * Stops a running `run()` promptly: it resolves with an `intr` exit. Returns false
+   * when nothing was running.
+   */
+  kick(): boolean {
+    if (this.#fd < 0 || !this.#pending) return false;
+    return this.#runner.kick();
+  }
+
+  /**
+   * Runs until the guest halts, a handler returns `'stop'`, an exit has no handler,
+   * or `maxExits` is reached. Returns the exit that ended the loop.
+   */
+  async runUntil(handlers: RunHandlers = {}): Promise<VcpuExit> {
+    const max = handlers.maxExits ?? Infinity;
+    for (let n = 0; ; n++) {
+      const exit = handlers.sync ? this.runSync() : await this.run();
+      if (n + 1 >= max) return exit;
+      let result: void | 'stop' = undefined;
+      switch (exit.reason) {
+        case 'io':
+          if (!handlers.io) return exit;
+          result = await handlers.io(exit);
+          break;
+        case 'mmio':
+          if (!handlers.mmio) return exit;
+          result = await handlers.mmio(exit);
+          break;
+        case 'hypercall':
+          result = handlers.hypercall ? await handlers.hypercall(exit) : await this.#defaultHypercall(exit);
+          break;
+        case 'memory-fault':
+          if (handlers.memoryFault) result = await handlers.memoryFault(exit);
+          else await this.vm.convertOnMemoryFault(exit);
+          break;
+        default:
+          return exit;
+      }
+      if (result === 'stop') return exit;
+    }
+  }
+
+  async #defaultHypercall(exit: HypercallExit): Promise<void | 'stop'> {
+    if (exit.nr !== BigInt(Hypercall.MapGpaRange)) return 'stop';
+    const [gpa = 0n, pages = 0n, attrs = 0n] = exit.args;
+    await this.vm.convert(gpa, pages * BigInt(PAGE_SIZE), attrs & MAP_GPA_RANGE_ENCRYPTED ? 'private' : 'shared');
+    exit.setReturn(0n);
+  }
+
+  /**
+   * KVM_PRE_FAULT_MEMORY: maps `[guestPhysAddr, +size)` into the guest's page tables
+   * ahead of use. Needs KVM_CAP_PRE_FAULT_MEMORY.
+   */
+  preFault(guestPhysAddr: number | bigint, size: number | bigint): void {
+    const op = 'vcpu.preFault';
+    const fd = this.#check(op);
+    const have = this.vm.cap(Cap.PreFaultMemory);
+    if (have <= 0) throw new UnsupportedError(capName(Cap.PreFaultMemory), have, op);
+    const gpa = u64(guestPhysAddr, op, 'guestPhysAddr');
+    const n = u64(size, op, 'size');
+    if (gpa % BigInt(PAGE_SIZE) || n % BigInt(PAGE_SIZE) || n === 0n)
+      throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: range ${hex(gpa)} + ${hex(n)} must be page-aligned and non-empty`);
+    try {
+      native.preFaultMemory(fd, gpa, n);
+    } catch (e) {
+      throw explain(e, `${op}(${hex(gpa)}, ${hex(n)})`, { ENOENT: 'part of the range has no memory slot' });
+    }
+  }
+
+  /**
+   * Closes the vCPU. Safe while `run()` is in flight: the guest is kicked, the thread
+   * joined, and the pending promise rejects with ERR_CLOSED. Idempotent.
+   */
+  close(): void {
+    if (this.#fd < 0) return;
+    const pending = this.#pending;
+    this.#pending = undefined;
+    this.#runner.close();
+    this.#views.releaseAll();
+    native.close(this.#fd);
+    this.#fd = -1;
+    this.vm.forgetVcpu(this);
+    pending?.reject(closedError(`vCPU ${this.id}`, 'vcpu.run'));
+  }
+
+  /** Same as `close()`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
