@@ -74,3 +74,6 @@ export {
   type MemoryFaultExit,
   type VcpuExitReason,
 } from './exits';
+export { loadRealMode, loadLongMode, loadProgram } from './guest';
+export * as guest from './guest-code';
+export type { GuestProgram, LongModeSetup } from './guest-code';

@@ -92,7 +92,11 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   void StartThread(Napi::Env env) {
     tsfn_ = Napi::ThreadSafeFunction::New(env, onExit_.Value(), "vcpu-run", 0, 1);
     tsfn_.Unref(env);
-    thread_ = std::thread([this] { Loop(); });
+    thread_ = std::thread([this] {
+      // Named so tools (and tests) can tell vCPU threads apart: /proc/self/task/*/comm.
+      pthread_setname_np(pthread_self(), "gmem-vcpu");
+      Loop();
+    });
     started_ = true;
   }
 
