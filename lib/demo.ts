@@ -4,6 +4,8 @@
  * @internal
  */
 import { Kvm } from './kvm';
+import { loadRealMode } from './guest';
+import * as guest from './guest-code';
 import { Memfd } from './memfd';
 import { explainProbeFailure, formatProbe, probe } from './probe';
 import { defaultKvmPath } from './kvm';
@@ -53,6 +55,36 @@ export async function runDemo(log: (line: string) => void = console.log): Promis
   for (const e of events) log(`  ${e}`);
   log(show('guest_memfd page 0', gview.buffer.subarray(0, 16)));
   log(show('guest_memfd page 1', gview.buffer.subarray(4096, 4112)));
+
+  // A real guest touches the guest_memfd memory: it reads what the host wrote and
+  // reports each byte on port 0x3f8, then writes a pattern the host reads back.
+  const slot = vm.addMemorySlot({ guestPhysAddr: 0, size: 2 * MiB, guestMemfd: { file: gmem, offset: 0 } });
+  log(`added slot ${slot.id}: GPA 0x0..0x${(2 * MiB).toString(16)} -> ${gmem.description} (shared and private backing)`);
+  const message = 'hello from the host';
+  gview.buffer.write(message, 0x8000);
+  const vcpu = vm.createVcpu(0);
+  loadRealMode(vcpu, guest.readAndReport(0x8000, message.length, 0x3f8));
+  const seen: number[] = [];
+  const last = await vcpu.runUntil({
+    io(exit) {
+      for (let i = 0; i < exit.count; i++) seen.push(exit.data[i * exit.size]!);
+    },
+  });
+  log(`the guest read guest_memfd at GPA 0x8000 and sent over port 0x3f8: "${Buffer.from(seen).toString()}" (then ${last.reason})`);
+  loadRealMode(vcpu, guest.writePattern(0x9000, 16, 0x42, 0x3f8));
+  await vcpu.runUntil({ io: () => undefined });
+  log(show('the guest wrote GPA 0x9000; the host sees through the view', gview.buffer.subarray(0x9000, 0x9010)));
+  await gmem.punchHole(0x8000, 0x1000);
+  seen.length = 0;
+  loadRealMode(vcpu, guest.readAndReport(0x8000, 4, 0x3f8));
+  await vcpu.runUntil({
+    io(exit) {
+      seen.push(exit.data[0]!);
+    },
+  });
+  log(`after punchHole(0x8000, 4096) the guest reads: [${seen.join(', ')}]`);
+  vcpu.close();
+  await vm.removeMemorySlot(slot);
 
   gview.unmap();
   log(`unmapped the guest_memfd view: its buffer now has length ${gview.buffer.length}`);

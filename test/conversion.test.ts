@@ -2,29 +2,12 @@
 // KVM_MEMORY_ATTRIBUTE_PRIVATE (this project's development host among them) the
 // refusal is tested here and the real conversions are skipped with the reason.
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-import { Cap, Kvm, Memfd, UnsupportedError, VmType, type Vm, type VmTypeName } from '../lib/index';
+import { Cap, Kvm, Memfd, UnsupportedError, type Vm } from '../lib/index';
 import { native } from '../lib/native';
-import { kvmPath, needsKvm, noKvm } from './helpers';
+import { conversionType, kvmPath, needsKvm, noKvm } from './helpers';
 
 const MiB = 1 << 20;
 const PAGE = 4096;
-
-/** A VM type whose VMs report KVM_MEMORY_ATTRIBUTE_PRIVATE, if this host has one. */
-const conversionType: VmTypeName | undefined = (() => {
-  if (noKvm) return undefined;
-  using kvm = Kvm.open(kvmPath);
-  const offered = kvm.checkExtension(Cap.VmTypes) || 1;
-  for (const type of Object.keys(VmType) as VmTypeName[]) {
-    if (!((offered >> VmType[type]) & 1)) continue;
-    try {
-      using vm = kvm.createVm({ type });
-      if (BigInt(vm.checkExtension(Cap.MemoryAttributes)) & 8n) return type;
-    } catch {
-      // a type the host lists but cannot create here
-    }
-  }
-  return undefined;
-})();
 
 describe.skipIf(noKvm)(needsKvm('conversion refused without KVM_MEMORY_ATTRIBUTE_PRIVATE'), () => {
   let kvm: Kvm;

@@ -2,7 +2,7 @@
  * Shared test plumbing: whether a usable KVM is here (and why not), fd counting.
  */
 import { readdirSync } from 'node:fs';
-import { defaultKvmPath, Kvm } from '../lib/index';
+import { Cap, defaultKvmPath, Kvm, VmType, type VmTypeName } from '../lib/index';
 
 /** The device the suite uses (GMEM_KVM_PATH switches it, e.g. to /nonexistent). */
 export const kvmPath = defaultKvmPath();
@@ -49,3 +49,31 @@ export function vmCap(cap: number): number {
     kvm.close();
   }
 }
+
+/** A VM type whose VMs report KVM_MEMORY_ATTRIBUTE_PRIVATE, if this host has one. */
+export const conversionType: VmTypeName | undefined = (() => {
+  if (noKvm) return undefined;
+  const kvm = Kvm.open(kvmPath);
+  try {
+    const offered = kvm.checkExtension(Cap.VmTypes) || 1;
+    for (const type of Object.keys(VmType) as VmTypeName[]) {
+      if (!((offered >> VmType[type]) & 1)) continue;
+      try {
+        const vm = kvm.createVm({ type });
+        const attrs = BigInt(vm.checkExtension(Cap.MemoryAttributes));
+        vm.close();
+        if (attrs & 8n) return type;
+      } catch {
+        // a type the host lists but cannot create here
+      }
+    }
+    return undefined;
+  } finally {
+    kvm.close();
+  }
+})();
+
+/** Skip reason for tests that need shared/private conversion. */
+export const noConversion = conversionType
+  ? undefined
+  : 'no VM type on this host reports KVM_MEMORY_ATTRIBUTE_PRIVATE in KVM_CAP_MEMORY_ATTRIBUTES';

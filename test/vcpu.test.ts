@@ -16,7 +16,7 @@ import {
   type VcpuExit,
   type Vm,
 } from '../lib/index';
-import { kvmPath, needsKvm, noKvm, openFds } from './helpers';
+import { conversionType, kvmPath, needsKvm, noConversion, noKvm, openFds } from './helpers';
 
 const MiB = 1 << 20;
 const G4 = 1n << 32n;
@@ -325,4 +325,28 @@ describe.skipIf(noKvm)(needsKvm('vCPUs and guests on the real kernel'), () => {
       expect(out.data.readUInt32LE(0)).toBe(7);
     },
   );
+
+  test.skipIf(!!noConversion)(
+    `a private access without guest_memfd backing is a decoded memory-fault exit, and runUntil's default policy converts${noConversion ? ` [skipped: ${noConversion}]` : ''}`,
+    async () => {
+      using cvm = kvm.createVm({ type: conversionType! });
+      // Low memory holds the program (shared); 0x80000 is a plain slot whose page is
+      // marked private although no guest_memfd backs it: KVM cannot serve the
+      // access and reports KVM_EXIT_MEMORY_FAULT (KVM_RUN fails with EFAULT).
+      cvm.addMemorySlot({ guestPhysAddr: 0, size: 0x80000, userspace: 'anonymous' });
+      cvm.addMemorySlot({ guestPhysAddr: 0x80000, size: 0x10000, userspace: 'anonymous' });
+      cvm.setMemoryAttributes(0x80000, 4096, 8n);
+      const vcpu = cvm.createVcpu(0);
+      loadRealMode(vcpu, guest.readAndReport(0x80000, 1, PORT));
+      const exit = await vcpu.run();
+      expect(exit.reason).toBe('memory-fault');
+      if (exit.reason !== 'memory-fault') return;
+      expect(exit.gpa).toBe(0x80000n);
+      expect(exit.private).toBe(true);
+      // The default handler converts through the VM's policy; that range has no
+      // guest_memfd, so the policy's coverage check refuses and names the gap.
+      await expect(vcpu.runUntil({ io: () => undefined })).rejects.toThrow(/slot 1 has no guest_memfd/);
+    },
+  );
 });
+
