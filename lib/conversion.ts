@@ -22,11 +22,11 @@ import { MemoryAttribute } from './caps';
 import { ArgumentRangeError, StateError } from './errors';
 import {
   invalidate,
-  populate,
   type BoundRange,
   type Delivery,
   type InvalidationCause,
   type Notifier,
+  type NotifierListener,
 } from './notifier';
 import { hex } from './validate';
 
@@ -180,11 +180,44 @@ function vmDelivery(ctx: ConversionContext, w: Work, cause: InvalidationCause): 
   ];
 }
 
+/** Gives each listener that accepted a populate an invalidateStart/End pair. */
+async function rollBack(
+  accepted: ReadonlyArray<readonly [Notifier<unknown>, NotifierListener<unknown>, unknown, ...unknown[]]>,
+): Promise<void> {
+  for (const phase of ['invalidateStart', 'invalidateEnd'] as const)
+    for (const [notifier, listener, event] of accepted) {
+      const fn = listener[phase];
+      if (!fn) continue;
+      try {
+        await fn.call(listener, event);
+      } catch (error) {
+        notifier.onError(error, phase, event);
+      }
+    }
+}
+
+/** Refuses overlapping requests: a batch converts disjoint ranges. @internal */
+export function checkDisjoint(op: string, requests: readonly ConversionRequest[]): void {
+  const order = requests.map((r, i) => ({ r, i })).sort((a, b) => (a.r.guestPhysAddr < b.r.guestPhysAddr ? -1 : a.r.guestPhysAddr > b.r.guestPhysAddr ? 1 : 0));
+  for (let k = 1; k < order.length; k++) {
+    const a = order[k - 1]!;
+    const b = order[k]!;
+    if (b.r.guestPhysAddr < a.r.guestPhysAddr + a.r.size) {
+      const [x, y] = a.i < b.i ? [a, b] : [b, a];
+      throw new ArgumentRangeError(
+        'ERR_OVERLAP',
+        `${op}: requests[${x.i}] (${hex(x.r.guestPhysAddr)}..${hex(x.r.guestPhysAddr + x.r.size)}) and requests[${y.i}] (${hex(y.r.guestPhysAddr)}..${hex(y.r.guestPhysAddr + y.r.size)}) overlap; a batch converts disjoint ranges`,
+      );
+    }
+  }
+}
+
 /**
  * Converts every request (in one batch of kernel calls per direction), in the
  * documented order. @internal
  */
 export async function convertRanges(ctx: ConversionContext, requests: readonly ConversionRequest[]): Promise<ConversionResult> {
+  checkDisjoint('vm.convertMany', requests);
   // Plan: the sub-ranges that differ, cut into slot pieces. Coverage errors are
   // thrown here, before any listener or kernel call.
   const work: Work[] = [];
@@ -203,8 +236,9 @@ export async function convertRanges(ctx: ConversionContext, requests: readonly C
   }
   if (work.length === 0) return { converted: [], unchangedBytes: unchanged };
 
-  // 1. populate, for everything, before anything changes.
-  const accepted: Delivery[] = [];
+  // 1. populate, for everything, before anything changes. Acceptance is tracked per
+  // listener, so on a veto exactly the listeners that accepted hear the rollback.
+  const accepted: Array<readonly [Notifier<unknown>, NotifierListener<unknown>, unknown, Work]> = [];
   for (const w of work) {
     const cause: InvalidationCause = w.to === 'private' ? 'convert-to-private' : 'convert-to-shared';
     const deliveries: Delivery[] = [vmDelivery(ctx, w, cause)];
@@ -212,15 +246,18 @@ export async function convertRanges(ctx: ConversionContext, requests: readonly C
       const d = fileDelivery(w.to === 'private' ? p.private : p.shared, p, cause);
       if (d) deliveries.push(d);
     }
-    for (const d of deliveries) {
-      try {
-        await populate([d]);
-      } catch (veto) {
-        // Nothing changed in the kernel or the map; tell whoever accepted.
-        await invalidate(accepted, () => undefined);
-        throw veto;
+    for (const [notifier, event] of deliveries) {
+      for (const listener of notifier.snapshot() as readonly NotifierListener<unknown>[]) {
+        if (!listener.populate) continue;
+        try {
+          await listener.populate.call(listener, event);
+        } catch (veto) {
+          // Nothing changed in the kernel or the map; tell whoever accepted.
+          await rollBack(accepted);
+          throw veto;
+        }
+        accepted.push([notifier as Notifier<unknown>, listener, event, w]);
       }
-      accepted.push(d);
     }
   }
 
@@ -236,12 +273,15 @@ export async function convertRanges(ctx: ConversionContext, requests: readonly C
     }
   }
   const converted: Array<GpaRange & { to: 'private' | 'shared' }> = [];
+  const done = new Set<Work>();
+  let refusal: ConversionError | undefined;
   await invalidate(invalidations, () => {
     for (const to of ['private', 'shared'] as const) {
       const batch = work.filter((w) => w.to === to);
       if (batch.length === 0) continue;
       const attrs = to === 'private' ? MemoryAttribute.Private : MemoryAttribute.Shared;
       let applied = batch.length;
+      let failed = false;
       let failure: unknown;
       try {
         ctx.backend.setAttributes(
@@ -249,8 +289,10 @@ export async function convertRanges(ctx: ConversionContext, requests: readonly C
           attrs,
         );
       } catch (e) {
+        failed = true;
         failure = e;
-        applied = Math.min(batch.length, Math.max(0, (e as { applied?: number }).applied ?? 0));
+        // The kernel took the first `applied` ranges; never trust it past the batch.
+        applied = Math.min(batch.length - 1, Math.max(0, (e as { applied?: number } | undefined)?.applied ?? 0));
       }
       for (const w of batch.slice(0, applied)) {
         ctx.attributes.set(w.range.guestPhysAddr, w.range.size, attrs);
@@ -260,19 +302,26 @@ export async function convertRanges(ctx: ConversionContext, requests: readonly C
           else ctx.backend.discardPrivate(p);
         }
         converted.push({ ...w.range, to });
+        done.add(w);
       }
-      if (failure !== undefined) {
+      if (failed) {
         // Private work runs first, so a failure there leaves all shared work undone.
         const later = to === 'private' ? work.filter((w) => w.to === 'shared') : [];
-        throw new ConversionError(
+        refusal = new ConversionError(
           failure,
           converted.map(({ guestPhysAddr, size }) => ({ guestPhysAddr, size })),
           batch[applied]!.range,
           [...batch.slice(applied + 1), ...later].map((w) => w.range),
         );
+        return;
       }
     }
   });
+  if (refusal) {
+    // Ranges that never became usable: their populate listeners hear the rollback.
+    await rollBack(accepted.filter((a) => !done.has(a[3])));
+    throw refusal;
+  }
   return { converted, unchangedBytes: unchanged };
 }
 
