@@ -45,7 +45,7 @@ export class GuestMemfd extends MemoryFile {
 
   /** @internal */
   constructor(owner: GuestMemfdOwner, fd: number, size: number, flags: bigint) {
-    super(fd, size, `guest_memfd (fd ${fd})`);
+    super(fd, size);
     this.owner = owner;
     this.flags = flags;
     this.#fdNumber = fd;

@@ -71,7 +71,7 @@ export class Memfd extends MemoryFile {
   readonly #fdNumber: number;
 
   private constructor(fd: number, name: string, hugetlb: HugePageSize | undefined, secret: boolean) {
-    super(fd, 0, `memfd '${name}' (fd ${fd})`);
+    super(fd, 0);
     this.name = name;
     this.hugetlb = hugetlb;
     this.secret = secret;

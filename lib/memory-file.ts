@@ -54,22 +54,34 @@ const statScratch = new Float64Array(5);
  * Base class of {@link GuestMemfd} and {@link Memfd}. Not constructed directly.
  */
 export abstract class MemoryFile {
-  /** Listeners for discards (and populates) of this file's ranges. */
-  readonly notifier: Notifier<FileRangeEvent<MemoryFile>>;
   /** @internal */
   readonly bindings = new Set<FileBinding>();
-  /** @internal */
-  readonly views: ViewSet;
   #fd: number;
   #size: number;
   #disposeWhenUnbound = false;
+  // Created on first use: most files are made, used and closed without either.
+  #notifier: Notifier<FileRangeEvent<MemoryFile>> | undefined;
+  #views: ViewSet | undefined;
 
   /** @internal */
-  protected constructor(fd: number, size: number, description: string) {
+  protected constructor(fd: number, size: number) {
     this.#fd = fd;
     this.#size = size;
-    this.views = new ViewSet(description, this);
-    this.notifier = new Notifier(() => this.populatedRanges());
+  }
+
+  /** Listeners for discards (and populates) of this file's ranges. */
+  get notifier(): Notifier<FileRangeEvent<MemoryFile>> {
+    return (this.#notifier ??= new Notifier(() => this.populatedRanges()));
+  }
+
+  /** The views handed out. @internal */
+  get views(): ViewSet {
+    return (this.#views ??= new ViewSet(this.description, this));
+  }
+
+  /** True when nobody can hear a discard: no listener and no slot. @internal */
+  protected get unobserved(): boolean {
+    return (this.#notifier === undefined || this.#notifier.size === 0) && this.bindings.size === 0;
   }
 
   /** What the file is, for messages: `guest_memfd (fd 12)`. */
@@ -204,11 +216,11 @@ export abstract class MemoryFile {
         throw explain(e, `${op}(${hex(o)}, ${hex(n)})`);
       }
     };
-    if (this.notifier.size === 0 && this.bindings.size === 0) {
+    if (this.unobserved) {
       // Nobody can be listening: skip the dispatch machinery on this hot path.
       try {
         punch();
-        return Promise.resolve();
+        return RESOLVED;
       } catch (e) {
         return Promise.reject(e);
       }
@@ -239,7 +251,7 @@ export abstract class MemoryFile {
         throw explain(e, `${op}: range ${(e as { applied?: number }).applied ?? 0} of ${ranges.length}`);
       }
     };
-    if (this.notifier.size === 0 && this.bindings.size === 0) return run();
+    if (this.unobserved) return run();
     const deliveries = checked.flatMap(([o, n]) => this.deliveries(o, n, 'punch-hole'));
     await invalidate(deliveries, run);
   }
@@ -331,15 +343,14 @@ export abstract class MemoryFile {
   close(): void {
     if (this.#fd < 0) return;
     if (this.bindings.size > 0) throw new StateError('ERR_IN_USE', this.inUseMessage(`${this.kind}.close`));
-    const deliveries = this.deliveries(0, this.#size, 'close');
     const release = () => {
-      this.views.releaseAll();
+      this.#views?.releaseAll();
       native.close(this.#fd);
       this.#fd = -1;
       this.onClosed();
     };
-    if (quiet(deliveries)) release();
-    else invalidateSync(deliveries, release);
+    if (this.unobserved) release();
+    else invalidateSync(this.deliveries(0, this.#size, 'close'), release);
   }
 
   /** Like `close()`, but awaits async listeners before and after. */
@@ -349,7 +360,7 @@ export abstract class MemoryFile {
     const fd = this.#fd;
     await invalidate(this.deliveries(0, this.#size, 'close'), () => {
       if (this.#fd !== fd) return;
-      this.views.releaseAll();
+      this.#views?.releaseAll();
       native.close(fd);
       this.#fd = -1;
       this.onClosed();
@@ -373,6 +384,8 @@ export abstract class MemoryFile {
 }
 
 const MAX_VIEW = 2 ** 32;
+/** One settled promise for every synchronous completion (saves an allocation per call). */
+const RESOLVED: Promise<void> = Promise.resolve();
 
 function clip(b: FileBinding, offset: number, length: number): BoundRange | undefined {
   const start = Math.max(offset, b.fileOffset);

@@ -56,6 +56,8 @@ export function u64(value: unknown, op: string, arg: string): bigint {
  * @internal
  */
 export function fileNumber(value: unknown, op: string, arg: string): number {
+  // The common case, without a detour through bigint.
+  if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return value;
   const big = u64(value, op, arg);
   if (big > BigInt(Number.MAX_SAFE_INTEGER))
     throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: ${arg} ${hex(big)} exceeds 2^53-1 bytes`);

@@ -3,7 +3,7 @@
  * notifier and vCPUs.
  */
 import { Cap, capName, decodeCapabilities, GuestMemfdFlag, type Capabilities, type VmTypeName } from './caps';
-import { closedError, explain, StateError, UnsupportedError } from './errors';
+import { ArgumentTypeError, closedError, explain, StateError, UnsupportedError } from './errors';
 import { GuestMemfd, type GuestMemfdOptions } from './guest-memfd';
 import type { Kvm } from './kvm';
 import { native } from './native';
@@ -374,7 +374,7 @@ export class Vm {
     const op = 'vm.createGuestMemfd';
     this.checkOpen(op);
     const o = readOptions<GuestMemfdOptions>(options, op);
-    if (o.size === undefined) throw new TypeError(`${op}: options.size is required`);
+    if (o.size === undefined) throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: options.size is required`);
     const size = pageLength(o.size, op, 'options.size');
     let flags = 0n;
     if (bool(o.mmap, false, op, 'options.mmap')) flags |= GuestMemfdFlag.Mmap;
