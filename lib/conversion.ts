@@ -275,6 +275,7 @@ export async function convertRanges(ctx: ConversionContext, requests: readonly C
   const converted: Array<GpaRange & { to: 'private' | 'shared' }> = [];
   const done = new Set<Work>();
   let refusal: ConversionError | undefined;
+  let discardFailure: unknown;
   await invalidate(invalidations, () => {
     for (const to of ['private', 'shared'] as const) {
       const batch = work.filter((w) => w.to === to);
@@ -292,18 +293,27 @@ export async function convertRanges(ctx: ConversionContext, requests: readonly C
         failed = true;
         failure = e;
         // The kernel took the first `applied` ranges; never trust it past the batch.
-        applied = Math.min(batch.length - 1, Math.max(0, (e as { applied?: number } | undefined)?.applied ?? 0));
+        const claimed = Math.trunc(Number((e as { applied?: unknown } | undefined)?.applied ?? 0));
+        applied = Math.min(batch.length - 1, Math.max(0, Number.isNaN(claimed) ? 0 : claimed));
       }
-      for (const w of batch.slice(0, applied)) {
+      // Record every applied range before discarding anything, so the map agrees
+      // with the kernel even if a discard fails.
+      const taken = batch.slice(0, applied);
+      for (const w of taken) {
         ctx.attributes.set(w.range.guestPhysAddr, w.range.size, attrs);
-        for (const p of w.pieces) {
-          if (p.inPlace) continue;
-          if (to === 'private') ctx.backend.discardShared(p);
-          else ctx.backend.discardPrivate(p);
-        }
         converted.push({ ...w.range, to });
         done.add(w);
       }
+      for (const w of taken)
+        for (const p of w.pieces) {
+          if (p.inPlace) continue;
+          try {
+            if (to === 'private') ctx.backend.discardShared(p);
+            else ctx.backend.discardPrivate(p);
+          } catch (e) {
+            discardFailure ??= e;
+          }
+        }
       if (failed) {
         // Private work runs first, so a failure there leaves all shared work undone.
         const later = to === 'private' ? work.filter((w) => w.to === 'shared') : [];
@@ -321,6 +331,13 @@ export async function convertRanges(ctx: ConversionContext, requests: readonly C
     // Ranges that never became usable: their populate listeners hear the rollback.
     await rollBack(accepted.filter((a) => !done.has(a[3])));
     throw refusal;
+  }
+  if (discardFailure !== undefined) {
+    // The conversion took (kernel and map agree); a stale copy could not be dropped.
+    throw new StateError(
+      'ERR_DISCARD_FAILED',
+      `vm.convert: converted, but discarding the stale copy failed: ${discardFailure instanceof Error ? discardFailure.message : String(discardFailure)}`,
+    );
   }
   return { converted, unchangedBytes: unchanged };
 }

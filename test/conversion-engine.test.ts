@@ -2,7 +2,7 @@
 // ConversionContext with a real AttributeMap, real Notifiers, fake slots and a fake
 // KVM_SET_MEMORY_ATTRIBUTES that records every call and can be told to fail part-way.
 // This host's kernel cannot convert (no KVM_CAP_MEMORY_ATTRIBUTES), so this is where
-// the engine's order, idempotence, veto and partial-failure contracts are checked.
+// the engine's order, idempotence, veto, partial-failure and rollback contracts are checked.
 import { describe, expect, test } from 'vitest';
 import fc from 'fast-check';
 import { AttributeMap } from '../lib/attribute-map';
@@ -84,8 +84,14 @@ class Harness {
   /** The fake kernel's own attribute truth, page → attributes. */
   readonly kernel = new Map<number, bigint>();
   readonly slots: FakeSlot[];
-  /** Make the `call`-th setAttributes call (counted from 0 since the last reset) fail at range `at`. */
-  fail: { call: number; at: number } | undefined;
+  /**
+   * Make the `call`-th setAttributes call (counted from 0 since the last reset) fail at
+   * range `at`, having applied the ranges before it. It throws an Error with
+   * `applied: at`, or whatever `value` returns.
+   */
+  fail: { call: number; at: number; value?: () => unknown } | undefined;
+  /** Make the `call`-th setAttributes call apply every range and then throw `value()` anyway. */
+  failAfter: { call: number; value: () => unknown } | undefined;
   setCalls = 0;
   /** Problems seen inside the setter: ranges that did not differ, map updated early. */
   readonly setterProblems: string[] = [];
@@ -131,13 +137,16 @@ class Harness {
           const call = this.setCalls++;
           ranges.forEach((x, i) => {
             if (this.fail && this.fail.call === call && this.fail.at === i)
-              throw Object.assign(new Error(`fake KVM_SET_MEMORY_ATTRIBUTES refused range ${i}`), { code: 'EFAULT', applied: i });
+              throw this.fail.value
+                ? this.fail.value()
+                : Object.assign(new Error(`fake KVM_SET_MEMORY_ATTRIBUTES refused range ${i}`), { code: 'EFAULT', applied: i });
             for (const p of pagesOf(x)) {
               if ((this.kernel.get(p) ?? SHARED) === attributes) this.setterProblems.push(`page ${p} already ${attributes}`);
               if (this.attributes.attributesAt(pg(p)) === attributes) this.setterProblems.push(`map has page ${p} before the setter`);
               this.kernel.set(p, attributes);
             }
           });
+          if (this.failAfter && this.failAfter.call === call) throw this.failAfter.value();
         },
         discardShared: (piece) => void log.push({ kind: 'discardShared', piece: copyPiece(piece) }),
         discardPrivate: (piece) => void log.push({ kind: 'discardPrivate', piece: copyPiece(piece) }),
@@ -220,6 +229,7 @@ class Harness {
     this.log.length = 0;
     this.setCalls = 0;
     this.fail = undefined;
+    this.failAfter = undefined;
     this.veto = undefined;
     this.vetoed = false;
   }
@@ -352,21 +362,31 @@ describe('conversion engine: order', () => {
   test('the map is updated only after the setter succeeded: invalidateStart sees the old state, invalidateEnd the new', async () => {
     const h = new Harness();
     const seen: string[] = [];
+    const events: GpaRangeEvent[] = [];
     h.vmNotifier.register({
-      populate: (e) => void seen.push(`populate ${h.attributes.at(e.guestPhysAddr)}`),
-      invalidateStart: (e) => void seen.push(`start ${h.attributes.at(e.guestPhysAddr)}`),
-      invalidateEnd: (e) => void seen.push(`end ${h.attributes.at(e.guestPhysAddr)}`),
+      populate: (e) => void (seen.push(`populate ${h.attributes.at(e.guestPhysAddr)}`), events.push(e)),
+      invalidateStart: (e) => void (seen.push(`start ${h.attributes.at(e.guestPhysAddr)}`), events.push(e)),
+      invalidateEnd: (e) => void (seen.push(`end ${h.attributes.at(e.guestPhysAddr)}`), events.push(e)),
     });
     h.onSet = (ranges) => void seen.push(`set ${h.attributes.at(ranges[0]!.guestPhysAddr)}`);
     await h.convert(req(4, 1, 'private'));
     expect(seen).toEqual(['populate shared', 'start shared', 'set shared', 'end private']);
 
-    // A refusal leaves the map alone, as seen by invalidateEnd too.
+    // A refusal leaves the map alone, as seen by invalidateEnd too, and by the rollback
+    // pair the populate listener then hears for the range that never became shared.
     seen.length = 0;
+    events.length = 0;
     h.clear();
     h.fail = { call: 0, at: 0 };
     expect(await rejection(h.convert(req(4, 1, 'shared')))).toBeInstanceOf(ConversionError);
-    expect(seen).toEqual(['populate private', 'start private', 'set private', 'end private']);
+    expect(seen).toEqual(['populate private', 'start private', 'set private', 'end private', 'start private', 'end private']);
+    // The invalidation pair carries its own event; the rollback pair the populate event.
+    const [populated, started, ended, rolledStart, rolledEnd] = events;
+    expect(ended).toBe(started);
+    expect(started).not.toBe(populated);
+    expect(rolledStart).toBe(populated);
+    expect(rolledEnd).toBe(populated);
+    expect(h.mapString().slice(0, 6)).toBe('ssssPs');
     expect(h.setterProblems).toEqual([]);
   });
 });
@@ -555,11 +575,7 @@ describe('conversion engine: veto', () => {
     expectBalanced(h.log);
   });
 
-  // KNOWN ENGINE BUG (see report): a listener that accepted a populate on the same
-  // notifier as the vetoing listener never hears the rollback pair, because the engine
-  // counts a delivery as accepted only once *every* listener of that notifier accepted.
-  // Remove `.fails` once lib/conversion.ts is fixed.
-  test.fails('a listener that accepted before a veto on the same notifier hears a start/end pair', async () => {
+  test('a listener that accepted before a veto on the same notifier hears a start/end pair', async () => {
     const h = new Harness(); // recorder registered on the VM notifier...
     const error = new Error('second VM listener vetoes');
     h.vmNotifier.register({
@@ -591,11 +607,47 @@ describe('conversion engine: partial failure', () => {
     expect(h.mapString().slice(0, 7)).toBe('PPsPsss');
     expect(h.log.filter((x) => x.kind === 'discardShared').map(fmt)).toEqual([`discardShared s0 0x0+0x1000 A@${hex(fo(32))}`]);
     expect(h.log.some((x) => x.kind === 'discardPrivate')).toBe(false);
-    // Every start has its end, and the ends come after the kernel call.
+    // Every start has its end, and the ends come after the kernel call. Then the
+    // populate acceptors of the failed [2,3) and the not-applied [4,6) (the VM and the
+    // guest_memfd G, not the shared file A) hear a rollback pair; the applied [0,1) none.
     expectBalanced(h.log);
-    const lines = h.lines();
-    expect(lines.filter((l) => l.startsWith('end')).length).toBe(6); // vm + A for each of 3 sub-ranges
-    expect(lines.slice(-6).every((l) => l.startsWith('end'))).toBe(true);
+    expect(h.lines()).toEqual([
+      'populate vm 0x0+0x1000',
+      'populate G@0x0+0x1000',
+      'populate vm 0x2000+0x1000',
+      'populate G@0x2000+0x1000',
+      'populate vm 0x4000+0x2000',
+      'populate G@0x4000+0x2000',
+      'start vm 0x0+0x1000',
+      `start A@${span(BigInt(fo(32)), pg(1))}`,
+      'start vm 0x2000+0x1000',
+      `start A@${span(BigInt(fo(34)), pg(1))}`,
+      'start vm 0x4000+0x2000',
+      `start A@${span(BigInt(fo(36)), pg(2))}`,
+      'set private 0x0+0x1000 0x2000+0x1000 0x4000+0x2000',
+      `discardShared s0 0x0+0x1000 A@${hex(fo(32))}`,
+      'end vm 0x0+0x1000',
+      `end A@${span(BigInt(fo(32)), pg(1))}`,
+      'end vm 0x2000+0x1000',
+      `end A@${span(BigInt(fo(34)), pg(1))}`,
+      'end vm 0x4000+0x2000',
+      `end A@${span(BigInt(fo(36)), pg(2))}`,
+      // rollback: every start, then every end, in acceptance order
+      'start vm 0x2000+0x1000',
+      'start G@0x2000+0x1000',
+      'start vm 0x4000+0x2000',
+      'start G@0x4000+0x2000',
+      'end vm 0x2000+0x1000',
+      'end G@0x2000+0x1000',
+      'end vm 0x4000+0x2000',
+      'end G@0x4000+0x2000',
+    ]);
+    // The rollback carries the very populate events.
+    const ev = (i: number) => (h.log[i] as { event: unknown }).event;
+    [2, 3, 4, 5].forEach((p, i) => {
+      expect(ev(20 + i)).toBe(ev(p));
+      expect(ev(24 + i)).toBe(ev(p));
+    });
     expect(h.setterProblems).toEqual([]);
   });
 
@@ -647,6 +699,244 @@ describe('conversion engine: partial failure', () => {
   });
 });
 
+describe('conversion engine: rollback after a partial refusal', () => {
+  test('only the listeners that accepted a populate for unapplied work hear a rollback pair, after every invalidateEnd and before the rejection', async () => {
+    const h = new Harness();
+    await h.convert(req(48, 2, 'private'));
+    h.clear();
+    // A listener without populate on the shared file A: it hears invalidations, never a rollback.
+    const watched: string[] = [];
+    h.files.A.notifier.register({
+      invalidateStart: (e) => void watched.push(`start ${hex(e.offset)}`),
+      invalidateEnd: (e) => void watched.push(`end ${hex(e.offset)}`),
+    });
+    // An async VM listener: the engine awaits it, rollback included, before rejecting.
+    const slow: string[] = [];
+    const later = () => new Promise<void>((resolve) => setTimeout(resolve, 1));
+    h.vmNotifier.register({
+      populate: async (e) => (await later(), void slow.push(`populate ${hex(e.guestPhysAddr)}`)),
+      invalidateStart: async (e) => (await later(), void slow.push(`start ${hex(e.guestPhysAddr)}`)),
+      invalidateEnd: async (e) => (await later(), void slow.push(`end ${hex(e.guestPhysAddr)}`)),
+    });
+    // A guest_memfd listener that throws in its rollback invalidateStart: reported, not thrown.
+    const boom = new Error('rollback listener failed');
+    const thrower: string[] = [];
+    h.files.G.notifier.register({
+      populate: (e) => void thrower.push(`populate ${hex(e.offset)}`),
+      invalidateStart: (e) => {
+        thrower.push(`start ${hex(e.offset)}`);
+        throw boom;
+      },
+      invalidateEnd: (e) => void thrower.push(`end ${hex(e.offset)}`),
+    });
+
+    // Work, in request order: [48,50) to shared, [0,2) and [8,10) to private. The private
+    // batch runs first and the kernel takes [0,2) only: [8,10) fails, [48,50) is never tried.
+    h.fail = { call: 0, at: 1 };
+    let atRejection: { lines: string[]; slow: string[]; thrower: string[] } | undefined;
+    const err = await rejection(
+      h.convert(req(48, 2, 'shared'), req(0, 2, 'private'), req(8, 2, 'private')).catch((e: unknown) => {
+        atRejection = { lines: h.lines(), slow: [...slow], thrower: [...thrower] };
+        throw e;
+      }),
+    );
+    expect(err).toBeInstanceOf(ConversionError);
+    const e = err as ConversionError;
+    expect(e.applied).toEqual([range(0, 2)]);
+    expect(e.failed).toEqual(range(8, 2));
+    expect(e.notApplied).toEqual([range(48, 2)]);
+
+    expect(h.lines()).toEqual([
+      'populate vm 0x30000+0x2000',
+      'populate A@0x0+0x2000', // slot 3's shared copy: A@0
+      'populate vm 0x0+0x2000',
+      'populate G@0x0+0x2000',
+      'populate vm 0x8000+0x2000',
+      'populate G@0x8000+0x2000',
+      'start vm 0x30000+0x2000',
+      `start H@${span(BigInt(fo(16)), pg(2))}`,
+      'start vm 0x0+0x2000',
+      `start A@${span(BigInt(fo(32)), pg(2))}`,
+      'start vm 0x8000+0x2000',
+      `start A@${span(BigInt(fo(40)), pg(2))}`,
+      'set private 0x0+0x2000 0x8000+0x2000',
+      `discardShared s0 0x0+0x2000 A@${hex(fo(32))}`,
+      'end vm 0x30000+0x2000',
+      `end H@${span(BigInt(fo(16)), pg(2))}`,
+      'end vm 0x0+0x2000',
+      `end A@${span(BigInt(fo(32)), pg(2))}`,
+      'end vm 0x8000+0x2000',
+      `end A@${span(BigInt(fo(40)), pg(2))}`,
+      // rollback of [48,50) and [8,10), never of the applied [0,2)
+      'start vm 0x30000+0x2000',
+      'start A@0x0+0x2000',
+      'start vm 0x8000+0x2000',
+      'start G@0x8000+0x2000',
+      'end vm 0x30000+0x2000',
+      'end A@0x0+0x2000',
+      'end vm 0x8000+0x2000',
+      'end G@0x8000+0x2000',
+    ]);
+    const ev = (i: number) => (h.log[i] as { event: unknown }).event;
+    [0, 1, 4, 5].forEach((p, i) => {
+      expect(ev(20 + i)).toBe(ev(p));
+      expect(ev(24 + i)).toBe(ev(p));
+    });
+    expectBalanced(h.log);
+
+    // A heard only the invalidation of its stale copies, not the rollback of A@0.
+    expect(watched).toEqual([`start ${hex(fo(32))}`, `start ${hex(fo(40))}`, `end ${hex(fo(32))}`, `end ${hex(fo(40))}`]);
+    expect(slow).toEqual([
+      'populate 0x30000',
+      'populate 0x0',
+      'populate 0x8000',
+      'start 0x30000',
+      'start 0x0',
+      'start 0x8000',
+      'end 0x30000',
+      'end 0x0',
+      'end 0x8000',
+      'start 0x30000',
+      'start 0x8000',
+      'end 0x30000',
+      'end 0x8000',
+    ]);
+    expect(thrower).toEqual([`populate 0x0`, `populate ${hex(fo(8))}`, `start ${hex(fo(8))}`, `end ${hex(fo(8))}`]);
+    expect(h.listenerErrors).toEqual([boom]);
+    // All of it had happened when the promise rejected; nothing came after.
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(atRejection).toEqual({ lines: h.lines(), slow, thrower });
+
+    expect(h.mapString().slice(0, 50)).toBe(`PPssssssssssssssssssssssssssssssssssssssssssssssPP`);
+    expect(h.setterProblems).toEqual([]);
+  });
+
+  test('a refused shared batch rolls back only its own unapplied ranges; the applied private batch hears none', async () => {
+    const h = new Harness();
+    await h.convert(req(20, 2, 'private'), req(24, 2, 'private'));
+    h.clear();
+    h.fail = { call: 1, at: 1 };
+    const e = (await rejection(h.convert(req(20, 6, 'shared'), req(0, 1, 'private')))) as ConversionError;
+    expect(e.applied).toEqual([range(0, 1), range(20, 2)]);
+    expect(e.failed).toEqual(range(24, 2));
+    expect(e.notApplied).toEqual([]);
+    // Slot 1 is anonymous on the shared side: its shared work populates only the VM, so
+    // the refused [24,26) rolls back the VM alone; [0,1) and [20,22) hear nothing more.
+    expect(h.lines()).toEqual([
+      `populate vm ${span(pg(20), pg(2))}`,
+      `populate vm ${span(pg(24), pg(2))}`,
+      'populate vm 0x0+0x1000',
+      'populate G@0x0+0x1000',
+      `start vm ${span(pg(20), pg(2))}`,
+      `start G@${span(BigInt(fo(20)), pg(2))}`,
+      `start vm ${span(pg(24), pg(2))}`,
+      `start G@${span(BigInt(fo(24)), pg(2))}`,
+      'start vm 0x0+0x1000',
+      `start A@${span(BigInt(fo(32)), pg(1))}`,
+      'set private 0x0+0x1000',
+      `discardShared s0 0x0+0x1000 A@${hex(fo(32))}`,
+      `set shared ${span(pg(20), pg(2))} ${span(pg(24), pg(2))}`,
+      `discardPrivate s1 ${span(pg(20), pg(2))} G@${hex(fo(20))}`,
+      `end vm ${span(pg(20), pg(2))}`,
+      `end G@${span(BigInt(fo(20)), pg(2))}`,
+      `end vm ${span(pg(24), pg(2))}`,
+      `end G@${span(BigInt(fo(24)), pg(2))}`,
+      'end vm 0x0+0x1000',
+      `end A@${span(BigInt(fo(32)), pg(1))}`,
+      `start vm ${span(pg(24), pg(2))}`,
+      `end vm ${span(pg(24), pg(2))}`,
+    ]);
+    expect((h.log[20] as { event: unknown }).event).toBe((h.log[1] as { event: unknown }).event);
+    expect((h.log[21] as { event: unknown }).event).toBe((h.log[1] as { event: unknown }).event);
+    expectBalanced(h.log);
+    expect(h.mapString().slice(0, 26)).toBe(`P${'s'.repeat(23)}PP`);
+    expect(h.setterProblems).toEqual([]);
+  });
+});
+
+describe('conversion engine: what the backend reports', () => {
+  test.each([2, 3, 99, Infinity])(
+    'a backend that throws claiming applied = %s of 2 ranges is taken to have failed at the last one',
+    async (claimed) => {
+      const h = new Harness();
+      const cause = Object.assign(new Error('refused, but says it took everything'), { applied: claimed });
+      h.failAfter = { call: 0, value: () => cause };
+      const e = (await rejection(h.convert(req(0, 1, 'private'), req(2, 1, 'private'), req(20, 1, 'shared')))) as ConversionError;
+      expect(e).toBeInstanceOf(ConversionError);
+      expect(e.cause).toBe(cause);
+      expect(e.applied).toEqual([range(0, 1)]);
+      expect(e.failed).toEqual(range(2, 1));
+      expect(e.notApplied).toEqual([]); // [20,21) is already shared: no work
+      // Only the first range is recorded and discarded; the last is rolled back.
+      expect(h.mapString().slice(0, 4)).toBe('Psss');
+      expect(h.log.filter((x) => x.kind.startsWith('discard')).map(fmt)).toEqual([`discardShared s0 0x0+0x1000 A@${hex(fo(32))}`]);
+      expect(h.lines().slice(-4)).toEqual(['start vm 0x2000+0x1000', 'start G@0x2000+0x1000', 'end vm 0x2000+0x1000', 'end G@0x2000+0x1000']);
+      expectBalanced(h.log);
+    },
+  );
+
+  test('a one-range batch whose backend claims applied = 1 and throws applies nothing; later shared work is not applied', async () => {
+    const h = new Harness();
+    await h.convert(req(4, 1, 'private'));
+    h.clear();
+    h.failAfter = { call: 0, value: () => Object.assign(new Error('claims 1 of 1'), { applied: 1 }) };
+    const e = (await rejection(h.convert(req(4, 1, 'shared'), req(0, 1, 'private')))) as ConversionError;
+    expect(e.applied).toEqual([]);
+    expect(e.failed).toEqual(range(0, 1));
+    expect(e.notApplied).toEqual([range(4, 1)]);
+    expect(h.log.filter((x) => x.kind === 'set')).toHaveLength(1);
+    expect(h.log.some((x) => x.kind.startsWith('discard'))).toBe(false);
+    expect(h.mapString().slice(0, 6)).toBe('ssssPs');
+    // Both ranges' acceptors are rolled back, in acceptance order.
+    expect(h.lines().slice(-8)).toEqual([
+      'start vm 0x4000+0x1000',
+      `start A@${span(BigInt(fo(36)), pg(1))}`,
+      'start vm 0x0+0x1000',
+      'start G@0x0+0x1000',
+      'end vm 0x4000+0x1000',
+      `end A@${span(BigInt(fo(36)), pg(1))}`,
+      'end vm 0x0+0x1000',
+      'end G@0x0+0x1000',
+    ]);
+    expectBalanced(h.log);
+  });
+
+  test.each([
+    ['undefined', undefined],
+    ['null', null],
+    ['a string', 'EFAULT'],
+    ['0', 0],
+  ])('a backend throwing %s is still a refusal (nothing applied, everything rolled back)', async (_, thrown) => {
+    const h = new Harness();
+    h.fail = { call: 0, at: 0, value: () => thrown };
+    const err = await rejection(h.convert(req(0, 1, 'private'), req(2, 1, 'private')));
+    expect(err).toBeInstanceOf(ConversionError);
+    const e = err as ConversionError;
+    expect(e.code).toBe('ERR_CONVERSION_PARTIAL');
+    expect('cause' in e).toBe(true);
+    expect(e.cause).toBe(thrown);
+    expect(e.message).toContain(`(${String(thrown)})`);
+    expect(e.applied).toEqual([]);
+    expect(e.failed).toEqual(range(0, 1));
+    expect(e.notApplied).toEqual([range(2, 1)]);
+    expect(h.attributes.ranges()).toEqual([]);
+    expect(h.kernel.size).toBe(0);
+    expect(h.log.some((x) => x.kind.startsWith('discard'))).toBe(false);
+    expect(h.lines().slice(-8)).toEqual([
+      'start vm 0x0+0x1000',
+      'start G@0x0+0x1000',
+      'start vm 0x2000+0x1000',
+      'start G@0x2000+0x1000',
+      'end vm 0x0+0x1000',
+      'end G@0x0+0x1000',
+      'end vm 0x2000+0x1000',
+      'end G@0x2000+0x1000',
+    ]);
+    expect(h.lines().filter((l) => l.startsWith('end'))).toHaveLength(8); // 4 invalidation + 4 rollback
+    expectBalanced(h.log);
+  });
+});
+
 describe('conversion engine: coverage', () => {
   test('a coverage gap throws before any listener or setter runs', async () => {
     const h = new Harness();
@@ -691,21 +981,30 @@ const requestArb = fc
   .record({ first: fc.integer({ min: 0, max: NPAGES - 1 }), len: fc.integer({ min: 1, max: 14 }), to: fc.constantFrom<'private' | 'shared'>('private', 'shared') })
   .map(({ first, len, to }) => ({ first, pages: Math.min(len, NPAGES - first), to }));
 
+const overlaps = (a: { first: number; pages: number }, b: { first: number; pages: number }): boolean =>
+  a.first < b.first + b.pages && b.first < a.first + a.pages;
+
 const stepArb: fc.Arbitrary<Step> = fc.record({
-  // Requests of one step never overlap: overlapping requests in one call are a known
-  // engine bug, covered on its own below.
-  requests: fc.array(requestArb, { minLength: 1, maxLength: 3 }).map((rs) => {
-    const kept: typeof rs = [];
-    for (const r of rs) if (kept.every((k) => r.first + r.pages <= k.first || k.first + k.pages <= r.first)) kept.push(r);
-    return kept;
-  }),
+  // Mostly disjoint requests; sometimes unfiltered ones, which must be refused up front
+  // when any two overlap (ERR_OVERLAP, nothing runs).
+  requests: fc.oneof(
+    {
+      weight: 5,
+      arbitrary: fc.array(requestArb, { minLength: 1, maxLength: 3 }).map((rs) => {
+        const kept: typeof rs = [];
+        for (const r of rs) if (kept.every((k) => !overlaps(k, r))) kept.push(r);
+        return kept;
+      }),
+    },
+    { weight: 1, arbitrary: fc.array(requestArb, { minLength: 2, maxLength: 3 }) },
+  ),
   veto: fc.oneof(
-    { weight: 5, arbitrary: fc.constant(null) },
-    { weight: 1, arbitrary: fc.record({ who: fc.constantFrom('vm', 'A', 'G', 'H'), nth: fc.integer({ min: 0, max: 3 }) }) },
+    { weight: 3, arbitrary: fc.constant(null) },
+    { weight: 1, arbitrary: fc.record({ who: fc.constantFrom('vm', 'A', 'G', 'H'), nth: fc.integer({ min: 0, max: 2 }) }) },
   ),
   fail: fc.oneof(
-    { weight: 4, arbitrary: fc.constant(null) },
-    { weight: 1, arbitrary: fc.record({ call: fc.integer({ min: 0, max: 1 }), at: fc.integer({ min: 0, max: 3 }) }) },
+    { weight: 2, arbitrary: fc.constant(null) },
+    { weight: 1, arbitrary: fc.record({ call: fc.integer({ min: 0, max: 1 }), at: fc.integer({ min: 0, max: 2 }) }) },
   ),
 });
 
@@ -776,8 +1075,13 @@ describe('conversion engine: property', () => {
           }
           const log = [...h.log];
 
-          const touchesGap = step.requests.some((r) => r.first < GAP.first + GAP.pages && GAP.first < r.first + r.pages);
-          if (touchesGap) {
+          const overlapping = step.requests.some((r, i) => step.requests.some((q, j) => i < j && overlaps(r, q)));
+          const touchesGap = step.requests.some((r) => overlaps(r, GAP));
+          if (overlapping) {
+            expect(error).toBeInstanceOf(RangeError);
+            expect((error as { code?: string }).code).toBe('ERR_OVERLAP');
+            expect(log).toEqual([]);
+          } else if (touchesGap) {
             expect((error as { code?: string }).code).toBe('ERR_NOT_GUEST_MEMFD');
             expect(log).toEqual([]);
           } else {
@@ -824,6 +1128,29 @@ describe('conversion engine: property', () => {
                 }
               }
               const toRange = (r: { first: number; pages: number }) => range(r.first, r.pages);
+
+              // After a refusal, every listener that accepted a populate for unapplied work
+              // (the failed run and every not-applied one) hears a rollback pair with that
+              // populate event: all starts, then all ends, in acceptance order, after every
+              // invalidateEnd and before the rejection. Work that was applied hears none.
+              const unapplied = failed ? [failed, ...notApplied] : [];
+              const gpaOf = (ev: GpaRangeEvent | FileRangeEvent<FakeFile>) =>
+                Number((isFileEvent(ev) ? ev.ranges[0]!.guestPhysAddr : ev.guestPhysAddr) / PAGE);
+              const rolled = log.filter(
+                (e): e is Extract<Entry, { kind: Phase }> =>
+                  e.kind === 'populate' && unapplied.some((r) => overlaps(r, { first: gpaOf(e.event), pages: 1 })),
+              );
+              const cut = log.length - 2 * rolled.length;
+              const tail = log.slice(cut);
+              expect(tail.map((e) => e.kind)).toEqual([...rolled.map(() => 'start'), ...rolled.map(() => 'end')]);
+              tail.forEach((e, i) => {
+                const src = rolled[i % rolled.length]!;
+                expect((e as { who: string }).who).toBe(src.who);
+                expect((e as { event: unknown }).event).toBe(src.event);
+              });
+              if (failed) expect(rolled.length).toBeGreaterThan(0); // at least the VM accepted
+              // Everything below is about the conversion proper, before the rollback.
+              const main = log.slice(0, cut);
               if (failed) {
                 expect(error).toBeInstanceOf(ConversionError);
                 const e = error as ConversionError;
@@ -839,7 +1166,7 @@ describe('conversion engine: property', () => {
               }
               // The setter saw exactly the planned runs, batch by batch, and only differing pages.
               const attempted = failed ? calls.slice(0, calls.findIndex((c) => c.runs.includes(failed!)) + 1) : calls;
-              expect(log.filter((e) => e.kind === 'set').map(fmt)).toEqual(
+              expect(main.filter((e) => e.kind === 'set').map(fmt)).toEqual(
                 attempted.map((c) => `set ${c.to} ${c.runs.map((r) => span(pg(r.first), pg(r.pages))).join(' ')}`),
               );
               expect(h.setterProblems).toEqual([]);
@@ -848,7 +1175,7 @@ describe('conversion engine: property', () => {
               // at the backing the slot puts there.
               const discarded = (kind: 'discardShared' | 'discardPrivate') => {
                 const keys: string[] = [];
-                for (const e of log) {
+                for (const e of main) {
                   if (e.kind !== kind) continue;
                   const p0 = Number(e.piece.guestPhysAddr / PAGE);
                   const s = h.slotOf(p0)!;
@@ -871,13 +1198,13 @@ describe('conversion engine: property', () => {
               // Events: populate the fresh side and invalidate the stale side of every
               // planned page (they are sent before the kernel is asked).
               const planned = all.flatMap((r) => pagesOf(toRange(r)).map((p) => ({ p, to: r.to })));
-              expect(fileKeys(h, log, 'populate')).toEqual(sorted(planned.map(({ p, to }) => backingKey(h, p, to))));
+              expect(fileKeys(h, main, 'populate')).toEqual(sorted(planned.map(({ p, to }) => backingKey(h, p, to))));
               const stale = planned.filter(({ p }) => !isInPlace(h, p));
               const staleKeys = sorted(stale.map(({ p, to }) => backingKey(h, p, to === 'private' ? 'shared' : 'private')));
-              expect(fileKeys(h, log, 'start')).toEqual(staleKeys);
-              expect(fileKeys(h, log, 'end')).toEqual(staleKeys);
+              expect(fileKeys(h, main, 'start')).toEqual(staleKeys);
+              expect(fileKeys(h, main, 'end')).toEqual(staleKeys);
               const vmEvents = (kind: Phase) =>
-                log
+                main
                   .filter((e) => e.kind === kind && e.who === 'vm')
                   .map((e) => (e as { event: GpaRangeEvent }).event)
                   .map((ev) => `${ev.state} ${span(ev.guestPhysAddr, ev.size)}`);
@@ -887,7 +1214,7 @@ describe('conversion engine: property', () => {
               expect(vmEvents('end')).toEqual(vmPlanned);
 
               // Order: every populate, then every start, then the kernel, then every end.
-              const idx = (pred: (e: Entry) => boolean) => log.map((e, i) => (pred(e) ? i : -1)).filter((i) => i >= 0);
+              const idx = (pred: (e: Entry) => boolean) => main.map((e, i) => (pred(e) ? i : -1)).filter((i) => i >= 0);
               const pops = idx((e) => e.kind === 'populate');
               const starts = idx((e) => e.kind === 'start');
               const work = idx((e) => e.kind === 'set' || e.kind.startsWith('discard'));
@@ -909,36 +1236,33 @@ describe('conversion engine: property', () => {
           expect(kernelString).toBe(modelString);
         }
       }),
-      { numRuns: 300 },
+      { numRuns: 400 },
     );
   });
 });
 
 // ---------------------------------------------------------------------------------
-// Overlapping requests in one call (known engine bug)
+// Overlapping requests in one call: refused up front (ERR_OVERLAP)
 // ---------------------------------------------------------------------------------
 
 describe('conversion engine: overlapping requests in one call', () => {
-  // KNOWN ENGINE BUG (see report): convertRanges plans every request against the map
-  // as it was before the call, so requests that overlap are planned on stale state.
-  // Remove `.fails` once lib/conversion.ts is fixed (or overlaps are refused).
-  test.fails('the same range twice is converted once (the setter only sees differing pages)', async () => {
+  test('overlapping requests are refused before anything runs, naming both', async () => {
     const h = new Harness();
-    const result = await h.convert(req(0, 1, 'private'), req(0, 1, 'private'));
-    expect(h.log.filter((e) => e.kind === 'set').map(fmt)).toEqual(['set private 0x0+0x1000']);
-    expect(h.setterProblems).toEqual([]);
-    expect(result.unchangedBytes).toBe(pg(1));
+    const error = await rejection(h.convert(req(0, 2, 'private'), req(1, 1, 'shared')));
+    expect((error as { code: string }).code).toBe('ERR_OVERLAP');
+    expect((error as Error).message).toMatch(/requests\[0\] \(0x0..0x2000\) and requests\[1\] \(0x1000..0x2000\) overlap/);
+    expect(h.log).toEqual([]);
+    expect(h.attributes.count).toBe(0);
   });
 
-  test.fails('private then shared on the same range ends shared (or is refused), never reports it unchanged', async () => {
+  test('the same range twice is refused', async () => {
     const h = new Harness();
-    let result: ConversionResult | undefined;
-    try {
-      result = await h.convert(req(0, 1, 'private'), req(0, 1, 'shared'));
-    } catch {
-      return; // refusing overlapping requests is an acceptable fix
-    }
-    expect(h.attributes.at(0n)).toBe('shared');
-    expect(result.unchangedBytes).toBe(0n);
+    expect(await rejection(h.convert(req(0, 1, 'private'), req(0, 1, 'private')))).toMatchObject({ code: 'ERR_OVERLAP' });
+  });
+
+  test('adjacent requests are not an overlap', async () => {
+    const h = new Harness();
+    const result = await h.convert(req(0, 1, 'private'), req(1, 1, 'private'));
+    expect(result.converted).toHaveLength(2);
   });
 });
