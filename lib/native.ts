@@ -67,7 +67,7 @@ export interface NativeBinding {
   madvise(address: bigint, length: number | bigint, advice: number): void;
   mappingCount(): number;
 
-  VcpuRunner: new (fd: number, runAddress: bigint, onExit: (errno: number) => void) => NativeVcpuRunner;
+  VcpuRunner: new (fd: number, onExit: (errno: number) => void) => NativeVcpuRunner;
   getRegs(fd: number, out: Uint8Array): void;
   setRegs(fd: number, regs: Uint8Array): void;
   getSregs(fd: number, out: Uint8Array): void;

@@ -190,7 +190,7 @@ export class Vcpu {
       throw explain(e, `vm.createVcpu(${id}): mapping kvm_run`);
     }
     this.#run = this.#runView.buffer;
-    this.#runner = new native.VcpuRunner(fd, this.#runView.address, (errno) => this.#onExit(errno));
+    this.#runner = new native.VcpuRunner(fd, (errno) => this.#onExit(errno));
   }
 
   /** The vCPU fd. Throws ERR_CLOSED after close. */

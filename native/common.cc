@@ -7,6 +7,11 @@ namespace gmem {
 
 static void CleanupState(void* data) {
   auto* state = static_cast<AddonState*>(data);
+  while (!state->stoppers.empty()) {
+    auto entry = *state->stoppers.begin();
+    state->stoppers.erase(state->stoppers.begin());
+    entry.second(entry.first);
+  }
   for (auto& entry : state->mappings) munmap(entry.second.address, entry.second.length);
   state->mappings.clear();
   for (int fd : state->fds) close(fd);

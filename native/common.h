@@ -21,6 +21,9 @@ struct Mapping {
 // without closing leaks nothing; it is a safety net, not the mechanism.
 struct AddonState {
   Napi::FunctionReference errorFactory;
+  // Objects that run threads over mappings (vCPU runners): stopped before any
+  // mapping is released, whatever order the environment tears down in.
+  std::unordered_map<void*, void (*)(void*)> stoppers;
   std::unordered_set<int> fds;
   std::unordered_map<uint32_t, Mapping> mappings;
   uint32_t nextMappingId = 1;

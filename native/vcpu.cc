@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 
 #include <atomic>
 #include <cerrno>
@@ -42,25 +43,33 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
                         InstanceMethod("setSpin", &VcpuRunner::SetSpin)});
   }
 
-  // new VcpuRunner(vcpuFd, kvmRunAddress, onExit(errno))
+  // new VcpuRunner(vcpuFd, onExit(errno))
   explicit VcpuRunner(const Napi::CallbackInfo& info) : Napi::ObjectWrap<VcpuRunner>(info) {
-    uint64_t address;
-    if (!ArgI32(info, 0, &fd_) || !ArgU64(info, 1, &address)) return;
-    if (!info[2].IsFunction()) {
+    if (!ArgI32(info, 0, &fd_)) return;
+    if (!info[1].IsFunction()) {
       Napi::TypeError::New(info.Env(), "VcpuRunner expects an exit callback").ThrowAsJavaScriptException();
       return;
     }
-    run_ = reinterpret_cast<kvm_run_head*>(static_cast<uintptr_t>(address));
-    onExit_ = Napi::Persistent(info[2].As<Napi::Function>());
+    // The runner maps the head of kvm_run for itself: the thread and kick() touch it
+    // until the thread is joined, whatever happens to JavaScript's view of it.
+    void* head = mmap(nullptr, kHeadSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+    if (head == MAP_FAILED) {
+      ThrowErrno(info.Env(), errno, "mmap", nullptr);
+      return;
+    }
+    run_ = static_cast<kvm_run_head*>(head);
+    onExit_ = Napi::Persistent(info[1].As<Napi::Function>());
     env_ = info.Env();
-    napi_add_env_cleanup_hook(env_, CleanupHook, this);
-    hooked_ = true;
+    // The addon's cleanup stops this runner before it unmaps kvm_run.
+    State(info.Env()).stoppers[this] = &StopThunk;
+    registered_ = true;
   }
 
   ~VcpuRunner() override { Shutdown(); }
 
  private:
   enum : int { kIdle = 0, kPending = 1, kPendingAsync = 2, kDone = 3 };
+  static constexpr size_t kHeadSize = 4096;
 
   static uint64_t NowNs() {
     timespec t;
@@ -73,6 +82,12 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   static void CleanupHook(void* self) {
     auto* runner = static_cast<VcpuRunner*>(self);
     runner->hooked_ = false;
+    runner->Shutdown();
+  }
+
+  static void StopThunk(void* self) {
+    auto* runner = static_cast<VcpuRunner*>(self);
+    runner->registered_ = false;  // the registry already dropped it
     runner->Shutdown();
   }
 
@@ -92,6 +107,10 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   void StartThread(Napi::Env env) {
     tsfn_ = Napi::ThreadSafeFunction::New(env, onExit_.Value(), "vcpu-run", 0, 1);
     tsfn_.Unref(env);
+    // Cleanup hooks run last-registered first: registered after the thread-safe
+    // function's own, this one stops the thread while that function still exists.
+    napi_add_env_cleanup_hook(env, CleanupHook, this);
+    hooked_ = true;
     thread_ = std::thread([this] {
       // Named so tools (and tests) can tell vCPU threads apart: /proc/self/task/*/comm.
       pthread_setname_np(pthread_self(), "gmem-vcpu");
@@ -215,6 +234,14 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
       thread_.join();
       tsfn_.Release();
     }
+    if (run_ != nullptr) {
+      munmap(run_, kHeadSize);
+      run_ = nullptr;
+    }
+    if (registered_) {
+      State(Napi::Env(env_)).stoppers.erase(this);
+      registered_ = false;
+    }
     if (hooked_) {
       napi_remove_env_cleanup_hook(env_, CleanupHook, this);
       hooked_ = false;
@@ -241,6 +268,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   uint64_t threadSpinNs_ = 50000;
   bool started_ = false;
   bool closed_ = false;
+  bool registered_ = false;
   bool hooked_ = false;
 };
 

@@ -174,13 +174,23 @@ static_assert(offsetof(kvm_run_head, exit_reason) == 8, "kvm_run exit_reason");
 
 constexpr uint32_t KVM_EXIT_MEMORY_FAULT = 39;
 
-/* ---- memfd (include/uapi/linux/memfd.h, fcntl.h) ---- */
-constexpr unsigned MFD_CLOEXEC = 0x0001u;
-constexpr unsigned MFD_ALLOW_SEALING = 0x0002u;
-constexpr unsigned MFD_HUGETLB = 0x0004u;
-constexpr unsigned MFD_NOEXEC_SEAL = 0x0008u;
-constexpr unsigned MFD_EXEC = 0x0010u;
-constexpr unsigned MFD_HUGE_SHIFT = 26;
+/* ---- memfd (include/uapi/linux/memfd.h): macros, as libc's <sys/mman.h> may
+ * define the same names ---- */
+#ifndef MFD_CLOEXEC
+#define MFD_CLOEXEC 0x0001U
+#endif
+#ifndef MFD_ALLOW_SEALING
+#define MFD_ALLOW_SEALING 0x0002U
+#endif
+#ifndef MFD_HUGETLB
+#define MFD_HUGETLB 0x0004U
+#endif
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008U
+#endif
+#ifndef MFD_EXEC
+#define MFD_EXEC 0x0010U
+#endif
 
 }  // namespace gmem_uapi
 
