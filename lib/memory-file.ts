@@ -54,9 +54,8 @@ const statScratch = new Float64Array(5);
  * Base class of {@link GuestMemfd} and {@link Memfd}. Not constructed directly.
  */
 export abstract class MemoryFile {
-  /** @internal */
-  readonly bindings = new Set<FileBinding>();
   #fd: number;
+  #bindings: Set<FileBinding> | undefined;
   #size: number;
   #disposeWhenUnbound = false;
   // Created on first use: most files are made, used and closed without either.
@@ -74,6 +73,16 @@ export abstract class MemoryFile {
     return (this.#notifier ??= new Notifier(() => this.populatedRanges()));
   }
 
+  /** The slots using this file. @internal */
+  get bindings(): Set<FileBinding> {
+    return (this.#bindings ??= new Set());
+  }
+
+  /** True while a memory slot uses the file. @internal */
+  get bound(): boolean {
+    return this.#bindings !== undefined && this.#bindings.size > 0;
+  }
+
   /** The views handed out. @internal */
   get views(): ViewSet {
     return (this.#views ??= new ViewSet(this.description, this));
@@ -81,7 +90,7 @@ export abstract class MemoryFile {
 
   /** True when nobody can hear a discard: no listener and no slot. @internal */
   protected get unobserved(): boolean {
-    return (this.#notifier === undefined || this.#notifier.size === 0) && this.bindings.size === 0;
+    return (this.#notifier === undefined || this.#notifier.size === 0) && !this.bound;
   }
 
   /** What the file is, for messages: `guest_memfd (fd 12)`. */
@@ -206,26 +215,23 @@ export abstract class MemoryFile {
     try {
       fd = this.checkOpen(op);
       [o, n] = this.range(op, offset, length);
+      if (this.unobserved) {
+        // Nobody can be listening: no dispatch machinery on this hot path.
+        this.#punch(fd, o, n);
+        return RESOLVED;
+      }
     } catch (e) {
       return Promise.reject(e);
     }
-    const punch = () => {
-      try {
-        native.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, o, n);
-      } catch (e) {
-        throw explain(e, `${op}(${hex(o)}, ${hex(n)})`);
-      }
-    };
-    if (this.unobserved) {
-      // Nobody can be listening: skip the dispatch machinery on this hot path.
-      try {
-        punch();
-        return RESOLVED;
-      } catch (e) {
-        return Promise.reject(e);
-      }
+    return this.discard(o, n, 'punch-hole', () => this.#punch(fd, o, n));
+  }
+
+  #punch(fd: number, offset: number, length: number): void {
+    try {
+      native.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+    } catch (e) {
+      throw explain(e, `${this.kind}.punchHole(${hex(offset)}, ${hex(length)})`);
     }
-    return this.discard(o, n, 'punch-hole', punch);
   }
 
   /**
@@ -342,21 +348,22 @@ export abstract class MemoryFile {
    */
   close(): void {
     if (this.#fd < 0) return;
-    if (this.bindings.size > 0) throw new StateError('ERR_IN_USE', this.inUseMessage(`${this.kind}.close`));
-    const release = () => {
-      this.#views?.releaseAll();
-      native.close(this.#fd);
-      this.#fd = -1;
-      this.onClosed();
-    };
-    if (this.unobserved) release();
-    else invalidateSync(this.deliveries(0, this.#size, 'close'), release);
+    if (this.bound) throw new StateError('ERR_IN_USE', this.inUseMessage(`${this.kind}.close`));
+    if (this.unobserved) this.#release();
+    else invalidateSync(this.deliveries(0, this.#size, 'close'), () => this.#release());
+  }
+
+  #release(): void {
+    this.#views?.releaseAll();
+    native.close(this.#fd);
+    this.#fd = -1;
+    this.onClosed();
   }
 
   /** Like `close()`, but awaits async listeners before and after. */
   async closeAsync(): Promise<void> {
     if (this.#fd < 0) return;
-    if (this.bindings.size > 0) throw new StateError('ERR_IN_USE', this.inUseMessage(`${this.kind}.closeAsync`));
+    if (this.bound) throw new StateError('ERR_IN_USE', this.inUseMessage(`${this.kind}.closeAsync`));
     const fd = this.#fd;
     await invalidate(this.deliveries(0, this.#size, 'close'), () => {
       if (this.#fd !== fd) return;
@@ -372,13 +379,13 @@ export abstract class MemoryFile {
    * such slot is removed (so `using` declarations dispose cleanly in any order).
    */
   [Symbol.dispose](): void {
-    if (this.bindings.size > 0) this.#disposeWhenUnbound = true;
+    if (this.bound) this.#disposeWhenUnbound = true;
     else this.close();
   }
 
   /** Awaiting form of `[Symbol.dispose]`. */
   async [Symbol.asyncDispose](): Promise<void> {
-    if (this.bindings.size > 0) this.#disposeWhenUnbound = true;
+    if (this.bound) this.#disposeWhenUnbound = true;
     else await this.closeAsync();
   }
 }

@@ -44,6 +44,10 @@ import { bool, hex, options as readOptions, pageLength, u64, uint } from './vali
 /** madvise(2) advice that frees private anonymous pages. */
 const MADV_DONTNEED = 4;
 const PAGE_MASK = 0xfffn;
+const FLAG_MMAP = Number(GuestMemfdFlag.Mmap);
+const FLAG_INIT_SHARED = Number(GuestMemfdFlag.InitShared);
+/** The four combinations of the named flags, as the bigints files report. */
+const FLAG_BIGINTS = [0n, 1n, 2n, 3n];
 /**
  * A VM (KVM_CREATE_VM). Closing it closes everything it created (vCPUs, memory
  * slots, guest_memfd files, detaching their views), so `using vm = ...` cleans up a
@@ -376,22 +380,22 @@ export class Vm {
     const o = readOptions<GuestMemfdOptions>(options, op);
     if (o.size === undefined) throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: options.size is required`);
     const size = pageLength(o.size, op, 'options.size');
-    let flags = 0n;
-    if (bool(o.mmap, false, op, 'options.mmap')) flags |= GuestMemfdFlag.Mmap;
-    if (bool(o.initShared, false, op, 'options.initShared')) flags |= GuestMemfdFlag.InitShared;
+    // Flags as a small number on this path; the file reports them as bigint.
+    let flags = 0;
+    if (bool(o.mmap, false, op, 'options.mmap')) flags |= FLAG_MMAP;
+    if (bool(o.initShared, false, op, 'options.initShared')) flags |= FLAG_INIT_SHARED;
     this.requireCap(Cap.GuestMemfd, 'guest_memfd');
-    if (flags !== 0n) {
-      const supported = BigInt(this.cap(Cap.GuestMemfdFlags));
-      const missing = flags & ~supported;
-      if (missing !== 0n) {
-        const names = decodeCapabilities((c) => (c === Cap.GuestMemfdFlags ? Number(supported) : 0)).guestMemfdFlags.names;
+    if (flags !== 0) {
+      const supported = this.cap(Cap.GuestMemfdFlags);
+      if ((flags & ~supported) !== 0) {
+        const names = decodeCapabilities((c) => (c === Cap.GuestMemfdFlags ? supported : 0)).guestMemfdFlags.names;
         const wanted = [o.mmap && 'mmap', o.initShared && 'initShared'].filter(Boolean).join(' + ');
-        const err = new UnsupportedError(capName(Cap.GuestMemfdFlags), supported, `guest_memfd flags ${wanted} (${hex(flags)})`);
+        const err = new UnsupportedError(capName(Cap.GuestMemfdFlags), BigInt(supported), `guest_memfd flags ${wanted} (${hex(flags)})`);
         err.message += `; supported: ${names.length ? names.join(', ') : 'none'}`;
         throw err;
       }
     }
-    return this.#adoptGuestMemfd(this.#createGuestMemfd(op, size, flags), size, flags);
+    return this.#adoptGuestMemfd(this.#createGuestMemfd(op, size, flags), size, FLAG_BIGINTS[flags]!);
   }
 
   /**
@@ -407,7 +411,7 @@ export class Vm {
     return this.#adoptGuestMemfd(fd, Number(s), f);
   }
 
-  #createGuestMemfd(op: string, size: number | bigint, flags: bigint): number {
+  #createGuestMemfd(op: string, size: number | bigint, flags: number | bigint): number {
     try {
       return native.createGuestMemfd(this.#fd, size, flags);
     } catch (e) {
