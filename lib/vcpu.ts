@@ -5,6 +5,7 @@
 import { Cap, capName, Hypercall } from './caps';
 import { ArgumentRangeError, closedError, explain, KvmError, StateError, UnsupportedError } from './errors';
 import { decodeExit, type HypercallExit, type IoExit, type MemoryFaultExit, type MmioExit, type VcpuExit } from './exits';
+import type { KvmDtable, KvmSegment } from './guest-code';
 import { MemoryView, ViewSet } from './memory-view';
 import { native, type NativeVcpuRunner } from './native';
 import { hex, PAGE_SIZE, u64, uint } from './validate';
@@ -18,26 +19,10 @@ export interface Regs {
 }
 
 /** A segment register (struct kvm_segment). */
-export interface Segment {
-  base: bigint;
-  limit: number;
-  selector: number;
-  type: number;
-  present: number;
-  dpl: number;
-  db: number;
-  s: number;
-  l: number;
-  g: number;
-  avl: number;
-  unusable: number;
-}
+export type Segment = KvmSegment;
 
 /** A descriptor table register (struct kvm_dtable). */
-export interface Dtable {
-  base: bigint;
-  limit: number;
-}
+export type Dtable = KvmDtable;
 
 /** Special registers (struct kvm_sregs). */
 export interface Sregs {
@@ -190,7 +175,13 @@ export class Vcpu {
       throw explain(e, `vm.createVcpu(${id}): mapping kvm_run`);
     }
     this.#run = this.#runView.buffer;
-    this.#runner = new native.VcpuRunner(fd, (errno) => this.#onExit(errno));
+    try {
+      this.#runner = new native.VcpuRunner(fd, (errno) => this.#onExit(errno));
+    } catch (e) {
+      this.#views.releaseAll();
+      native.close(fd);
+      throw explain(e, `vm.createVcpu(${id}): starting its runner`);
+    }
   }
 
   /** The vCPU fd. Throws ERR_CLOSED after close. */

@@ -35,6 +35,10 @@ AddonState& State(Napi::Env env);
 // Returns an empty value so callers can `return ThrowErrno(...)`.
 Napi::Value ThrowErrno(Napi::Env env, int err, const char* syscall, const char* ioctl);
 
+// The same for batch calls: the error's `applied` property counts the items the
+// kernel accepted before this failure.
+Napi::Value ThrowErrnoApplied(Napi::Env env, int err, const char* syscall, const char* ioctl, size_t applied);
+
 // Registers an fd the addon just received from the kernel so it has an owner before
 // anything else can fail.
 void AdoptFd(Napi::Env env, int fd);

@@ -20,6 +20,14 @@ Napi::Value ThrowErrno(Napi::Env env, int err, const char* syscall, const char* 
   return Napi::Value();
 }
 
+Napi::Value ThrowErrnoApplied(Napi::Env env, int err, const char* syscall, const char* ioctl, size_t applied) {
+  ThrowErrno(env, err, syscall, ioctl);
+  Napi::Error pending = env.GetAndClearPendingException();
+  pending.Set("applied", Napi::Number::New(env, static_cast<double>(applied)));
+  pending.ThrowAsJavaScriptException();
+  return Napi::Value();
+}
+
 static Napi::Value SetErrorFactory(const Napi::CallbackInfo& info) {
   if (!info[0].IsFunction()) {
     Napi::TypeError::New(info.Env(), "setErrorFactory expects a function").ThrowAsJavaScriptException();

@@ -24,10 +24,14 @@ static Napi::Value CreateGuestMemfd(const Napi::CallbackInfo& info) {
   args.flags = flags;
   int fd = ioctl(vm, KVM_CREATE_GUEST_MEMFD, &args);
   if (fd < 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_CREATE_GUEST_MEMFD");
-  AdoptFd(info.Env(), fd);
   // kvm_gmem_create() uses get_unused_fd_flags(0): without this a spawned child
   // would inherit guest memory.
-  if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) return ThrowErrno(info.Env(), errno, "fcntl", nullptr);
+  if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
+    int err = errno;
+    close(fd);
+    return ThrowErrno(info.Env(), err, "fcntl", nullptr);
+  }
+  AdoptFd(info.Env(), fd);
   return Napi::Number::New(info.Env(), fd);
 }
 
@@ -43,13 +47,8 @@ static Napi::Value FallocateMany(const Napi::CallbackInfo& info) {
   Napi::BigUint64Array pairs = info[2].As<Napi::BigUint64Array>();
   size_t n = pairs.ElementLength() / 2;
   for (size_t i = 0; i < n; i++) {
-    if (fallocate(fd, mode, static_cast<off_t>(pairs[2 * i]), static_cast<off_t>(pairs[2 * i + 1])) != 0) {
-      ThrowErrno(info.Env(), errno, "fallocate", nullptr);
-      Napi::Error pending = info.Env().GetAndClearPendingException();
-      pending.Set("applied", Napi::Number::New(info.Env(), static_cast<double>(i)));
-      pending.ThrowAsJavaScriptException();
-      return Napi::Value();
-    }
+    if (fallocate(fd, mode, static_cast<off_t>(pairs[2 * i]), static_cast<off_t>(pairs[2 * i + 1])) != 0)
+      return ThrowErrnoApplied(info.Env(), errno, "fallocate", nullptr, i);
   }
   return Napi::Number::New(info.Env(), static_cast<double>(n));
 }

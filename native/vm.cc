@@ -77,14 +77,8 @@ static Napi::Value SetMemoryAttributesMany(const Napi::CallbackInfo& info) {
   size_t n = triples.ElementLength() / 3;
   for (size_t i = 0; i < n; i++) {
     kvm_memory_attributes attrs = {triples[3 * i], triples[3 * i + 1], triples[3 * i + 2], 0};
-    if (ioctl(fd, KVM_SET_MEMORY_ATTRIBUTES, &attrs) != 0) {
-      int err = errno;
-      ThrowErrno(info.Env(), err, "ioctl", "KVM_SET_MEMORY_ATTRIBUTES");
-      Napi::Error pending = info.Env().GetAndClearPendingException();
-      pending.Set("applied", Napi::Number::New(info.Env(), static_cast<double>(i)));
-      pending.ThrowAsJavaScriptException();
-      return Napi::Value();
-    }
+    if (ioctl(fd, KVM_SET_MEMORY_ATTRIBUTES, &attrs) != 0)
+      return ThrowErrnoApplied(info.Env(), errno, "ioctl", "KVM_SET_MEMORY_ATTRIBUTES", i);
   }
   return Napi::Number::New(info.Env(), static_cast<double>(n));
 }
