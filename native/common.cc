@@ -14,8 +14,7 @@ static void CleanupState(void* data) {
   }
   for (auto& entry : state->mappings) munmap(entry.second.address, entry.second.length);
   state->mappings.clear();
-  for (int fd : state->fds) close(fd);
-  state->fds.clear();
+  state->fds.drain([](int fd) { close(fd); });
 }
 
 AddonState& State(Napi::Env env) {

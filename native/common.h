@@ -7,9 +7,43 @@
 
 #include <cstdint>
 #include <unordered_map>
-#include <unordered_set>
+#include <vector>
 
 namespace gmem {
+
+// The fds this environment owns, as a bitmap indexed by fd: fds are small dense
+// integers, and create/close sits on hot paths where a hash set would allocate.
+class FdSet {
+ public:
+  void insert(int fd) {
+    if (fd < 0) return;
+    if (static_cast<size_t>(fd) >= owned_.size()) owned_.resize(static_cast<size_t>(fd) * 2 + 64, 0);
+    if (!owned_[fd]) {
+      owned_[fd] = 1;
+      count_++;
+    }
+  }
+  bool erase(int fd) {
+    if (fd < 0 || static_cast<size_t>(fd) >= owned_.size() || !owned_[fd]) return false;
+    owned_[fd] = 0;
+    count_--;
+    return true;
+  }
+  size_t size() const { return count_; }
+  template <typename F>
+  void drain(F&& close_fd) {
+    for (size_t fd = 0; fd < owned_.size(); fd++)
+      if (owned_[fd]) {
+        owned_[fd] = 0;
+        close_fd(static_cast<int>(fd));
+      }
+    count_ = 0;
+  }
+
+ private:
+  std::vector<uint8_t> owned_;
+  size_t count_ = 0;
+};
 
 struct Mapping {
   void* address;
@@ -24,7 +58,7 @@ struct AddonState {
   // Objects that run threads over mappings (vCPU runners): stopped before any
   // mapping is released, whatever order the environment tears down in.
   std::unordered_map<void*, void (*)(void*)> stoppers;
-  std::unordered_set<int> fds;
+  FdSet fds;
   std::unordered_map<uint32_t, Mapping> mappings;
   uint32_t nextMappingId = 1;
 };

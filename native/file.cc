@@ -16,7 +16,7 @@ static Napi::Value Close(const Napi::CallbackInfo& info) {
   int32_t fd;
   if (!ArgI32(info, 0, &fd)) return Napi::Value();
   AddonState& state = State(info.Env());
-  if (state.fds.erase(fd) == 0) return Napi::Boolean::New(info.Env(), false);
+  if (!state.fds.erase(fd)) return Napi::Boolean::New(info.Env(), false);
   close(fd);  // Linux releases the fd even when close reports EINTR/EIO.
   return Napi::Boolean::New(info.Env(), true);
 }

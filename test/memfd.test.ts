@@ -96,6 +96,12 @@ describe('memfd', () => {
     expect(ram.seals).toContain('write');
   });
 
+  test('noExecSeal creates a non-executable memfd sealed against exec changes', () => {
+    using ram = Memfd.create('noexec', { size: 4096, noExecSeal: true });
+    expect(ram.seals).toContain('exec');
+    expect(require('node:fs').fstatSync(ram.fd).mode & 0o111).toBe(0);
+  });
+
   test('unknown seal names and bad arguments are typed errors', () => {
     using ram = Memfd.create('w', { size: 4096, allowSealing: true });
     expect(codeOf(() => ram.seal(['nope' as 'grow']))).toBe('ERR_INVALID_ARG_VALUE');
