@@ -296,6 +296,7 @@ export class AttributeMap {
    * @throws `ERR_INVALID_ARG_TYPE` / `ERR_OUT_OF_RANGE` / `ERR_UNALIGNED`.
    */
   ranges(options?: AttributeRangesOptions): AttributeRange[];
+  /** The runs overlapping `[from, to)`, as above, with the bounds given positionally. */
   ranges(from: number | bigint, to?: number | bigint, options?: AttributeRangesOptions): AttributeRange[];
   ranges(
     fromOrOptions?: number | bigint | AttributeRangesOptions,

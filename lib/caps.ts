@@ -84,11 +84,17 @@ export const MemoryAttribute = {
 
 /** x86 VM types for KVM_CREATE_VM (`KVM_X86_*_VM`). */
 export const VmType = {
+  /** KVM_X86_DEFAULT_VM: an ordinary VM. */
   default: 0,
+  /** KVM_X86_SW_PROTECTED_VM: private memory without hardware protection (for development and testing). */
   'sw-protected': 1,
+  /** KVM_X86_SEV_VM: AMD SEV. */
   sev: 2,
+  /** KVM_X86_SEV_ES_VM: AMD SEV-ES. */
   'sev-es': 3,
+  /** KVM_X86_SNP_VM: AMD SEV-SNP. */
   'sev-snp': 4,
+  /** KVM_X86_TDX_VM: Intel TDX. */
   tdx: 5,
 } as const;
 

@@ -32,7 +32,9 @@ import { hex } from './validate';
 
 /** A guest-physical range. */
 export interface GpaRange {
+  /** First guest physical address of the range. */
   readonly guestPhysAddr: bigint;
+  /** Length of the range in bytes. */
   readonly size: bigint;
 }
 
@@ -88,6 +90,7 @@ export interface ConversionContext {
 
 /** A conversion request. */
 export interface ConversionRequest extends GpaRange {
+  /** The state to convert the range to: KVM_MEMORY_ATTRIBUTE_PRIVATE set (`'private'`) or cleared (`'shared'`). */
   readonly to: 'private' | 'shared';
 }
 
@@ -110,6 +113,7 @@ export class ConversionError extends Error {
   /** Sub-ranges not attempted. */
   readonly notApplied: readonly GpaRange[];
 
+  /** Records the kernel's error as `cause` and how far the conversion got. */
   constructor(cause: unknown, applied: GpaRange[], failed: GpaRange, notApplied: GpaRange[]) {
     const list = (rs: readonly GpaRange[]) => (rs.length ? rs.map((r) => `${hex(r.guestPhysAddr)}..${hex(r.guestPhysAddr + r.size)}`).join(', ') : 'none');
     super(
@@ -352,8 +356,11 @@ export function coverageError(op: string, gaps: readonly string[]): StateError {
 
 /** A KVM_EXIT_MEMORY_FAULT, as the conversion policy needs it. */
 export interface MemoryFault {
+  /** `kvm_run.memory_fault.gpa`: start of the faulting range. */
   readonly gpa: bigint;
+  /** `kvm_run.memory_fault.size`: bytes in the faulting range. */
   readonly size: bigint;
+  /** KVM_MEMORY_EXIT_FLAG_PRIVATE was set: the guest accessed the range as private (else shared). */
   readonly private: boolean;
 }
 

@@ -28,6 +28,7 @@ export class DirtyBitmap implements Iterable<DirtyPage> {
   /** The raw bitmap, one bit per page. */
   readonly words: BigUint64Array;
 
+  /** Wraps `words` (default: a zeroed bitmap) for `pages` pages of `pageSize` bytes from `guestPhysAddr`. */
   constructor(guestPhysAddr: bigint, pages: number, pageSize: number, words?: BigUint64Array) {
     this.guestPhysAddr = guestPhysAddr;
     this.pages = pages;

@@ -48,6 +48,7 @@ export class KvmError extends Error {
   /** For batch calls: how many items the kernel applied before this failure. */
   applied?: number;
 
+  /** Builds the error and its message from the errno, the call and what was asked. */
   constructor(options: KvmErrorOptions) {
     const [name, description] = errnoTable.get(-options.errno) ?? [`E${options.errno}`, 'unknown error'];
     const call = options.ioctl ?? options.syscall;
@@ -94,6 +95,7 @@ export class UnsupportedError extends Error {
   /** What KVM_CHECK_EXTENSION reported for it on this host (or VM). */
   readonly reported: number | bigint;
 
+  /** `needed` names what requires the capability, for the message. */
   constructor(capability: string, reported: number | bigint, needed: string) {
     super(`${needed} needs ${capability}, but this host reported ${capability}=${reported}`);
     this.name = 'UnsupportedError';
@@ -106,6 +108,7 @@ export class UnsupportedError extends Error {
 export class ArgumentTypeError extends TypeError {
   /** e.g. `'ERR_INVALID_ARG_TYPE'`. */
   readonly code: string;
+  /** A `TypeError` with `message` and the given `code`. */
   constructor(code: string, message: string) {
     super(message);
     this.name = 'TypeError';
@@ -117,6 +120,7 @@ export class ArgumentTypeError extends TypeError {
 export class ArgumentRangeError extends RangeError {
   /** e.g. `'ERR_OUT_OF_RANGE'`, `'ERR_UNALIGNED'`. */
   readonly code: string;
+  /** A `RangeError` with `message` and the given `code`. */
   constructor(code: string, message: string) {
     super(message);
     this.name = 'RangeError';
@@ -131,6 +135,7 @@ export class ArgumentRangeError extends RangeError {
 export class StateError extends Error {
   /** e.g. `'ERR_CLOSED'`, `'ERR_IN_USE'`, `'ERR_SLOT_OVERLAP'`. */
   readonly code: string;
+  /** A state error with `message` and the rule `code` names. */
   constructor(code: string, message: string) {
     super(message);
     this.name = 'StateError';

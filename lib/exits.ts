@@ -117,8 +117,11 @@ interface ExitBase {
 
 /** KVM_EXIT_IO (`kvm_run.io`): an `in` or `out` instruction (also `ins`/`outs`: `count` > 1). */
 export interface IoExit extends ExitBase {
+  /** Discriminant: KVM_EXIT_IO. */
   readonly reason: 'io';
+  /** `io.port`: the I/O port accessed. */
   readonly port: number;
+  /** `io.direction`: KVM_EXIT_IO_IN (0) is `'in'`, KVM_EXIT_IO_OUT (1) is `'out'`. */
   readonly direction: 'in' | 'out';
   /** Bytes per access: 1, 2 or 4. */
   readonly size: number;
@@ -134,6 +137,7 @@ export interface IoExit extends ExitBase {
 
 /** KVM_EXIT_MMIO (`kvm_run.mmio`): an access to a GPA that no memory slot backs. */
 export interface MmioExit extends ExitBase {
+  /** Discriminant: KVM_EXIT_MMIO. */
   readonly reason: 'mmio';
   /** `mmio.phys_addr` */
   readonly address: bigint;
@@ -150,16 +154,19 @@ export interface MmioExit extends ExitBase {
 
 /** KVM_EXIT_HLT: the guest executed `hlt` and KVM has no in-kernel irqchip to wait on. */
 export interface HltExit extends ExitBase {
+  /** Discriminant: KVM_EXIT_HLT. */
   readonly reason: 'hlt';
 }
 
 /** KVM_EXIT_SHUTDOWN: the guest triple-faulted (on x86). */
 export interface ShutdownExit extends ExitBase {
+  /** Discriminant: KVM_EXIT_SHUTDOWN. */
   readonly reason: 'shutdown';
 }
 
 /** KVM_EXIT_FAIL_ENTRY (`kvm_run.fail_entry`): VM entry failed, usually invalid guest state. */
 export interface FailEntryExit extends ExitBase {
+  /** Discriminant: KVM_EXIT_FAIL_ENTRY. */
   readonly reason: 'fail-entry';
   /** `fail_entry.hardware_entry_failure_reason` (VMX exit reason / SVM exit code). */
   readonly hardwareEntryFailureReason: bigint;
@@ -172,6 +179,7 @@ export type InternalErrorName = 'emulation' | 'simul-ex' | 'delivery-ev' | 'unex
 
 /** KVM_EXIT_INTERNAL_ERROR (`kvm_run.internal`): KVM could not handle something (often emulation). */
 export interface InternalErrorExit extends ExitBase {
+  /** Discriminant: KVM_EXIT_INTERNAL_ERROR. */
   readonly reason: 'internal-error';
   /** `internal.suberror` (KVM_INTERNAL_ERROR_EMULATION = 1, SIMUL_EX = 2, DELIVERY_EV = 3, UNEXPECTED_EXIT_REASON = 4). */
   readonly suberror: number;
@@ -186,6 +194,7 @@ export type SystemEventName = 'shutdown' | 'reset' | 'crash' | 'wakeup' | 'suspe
 
 /** KVM_EXIT_SYSTEM_EVENT (`kvm_run.system_event`): the guest asked for a shutdown, reset, ... */
 export interface SystemEventExit extends ExitBase {
+  /** Discriminant: KVM_EXIT_SYSTEM_EVENT. */
   readonly reason: 'system-event';
   /** `system_event.type` (KVM_SYSTEM_EVENT_SHUTDOWN = 1, RESET = 2, CRASH = 3, ...). */
   readonly type: number;
@@ -197,6 +206,7 @@ export interface SystemEventExit extends ExitBase {
 
 /** KVM_EXIT_HYPERCALL (`kvm_run.hypercall`): a hypercall KVM_CAP_EXIT_HYPERCALL forwards to userspace. */
 export interface HypercallExit extends ExitBase {
+  /** Discriminant: KVM_EXIT_HYPERCALL. */
   readonly reason: 'hypercall';
   /** `hypercall.nr` (e.g. KVM_HC_MAP_GPA_RANGE = 12). */
   readonly nr: bigint;
@@ -217,6 +227,7 @@ export interface HypercallExit extends ExitBase {
  * EFAULT (or EHWPOISON): it is a result, not an error.
  */
 export interface MemoryFaultExit extends ExitBase {
+  /** Discriminant: KVM_EXIT_MEMORY_FAULT (with KVM_RUN failing EFAULT or EHWPOISON). */
   readonly reason: 'memory-fault';
   /** `memory_fault.gpa`: start of the faulting range. */
   readonly gpa: bigint;
@@ -232,6 +243,7 @@ export interface MemoryFaultExit extends ExitBase {
 
 /** KVM_EXIT_EXCEPTION (`kvm_run.ex`). */
 export interface ExceptionExit extends ExitBase {
+  /** Discriminant: KVM_EXIT_EXCEPTION. */
   readonly reason: 'exception';
   /** `ex.exception`: the vector. */
   readonly exception: number;
@@ -241,6 +253,7 @@ export interface ExceptionExit extends ExitBase {
 
 /** KVM_EXIT_DEBUG (`kvm_run.debug.arch`, x86 `struct kvm_debug_exit_arch`). */
 export interface DebugExit extends ExitBase {
+  /** Discriminant: KVM_EXIT_DEBUG. */
   readonly reason: 'debug';
   /** `debug.arch.exception`: 1 (#DB) or 3 (#BP). */
   readonly exception: number;
@@ -258,11 +271,13 @@ export interface DebugExit extends ExitBase {
  * can simply be repeated.
  */
 export interface IntrExit extends ExitBase {
+  /** Discriminant: KVM_RUN failed with EINTR (`exit_reason` KVM_EXIT_INTR). */
   readonly reason: 'intr';
 }
 
 /** Any exit reason this module does not decode (and KVM_EXIT_UNKNOWN itself). */
 export interface UnknownExit extends ExitBase {
+  /** Discriminant: KVM_EXIT_UNKNOWN, or an exit reason not decoded here (see `rawReason`). */
   readonly reason: 'unknown';
   /** For KVM_EXIT_UNKNOWN (0) only: `hw.hardware_exit_reason`. */
   readonly hardwareExitReason?: bigint;
@@ -274,7 +289,9 @@ export interface UnknownExit extends ExitBase {
  * does not promise to set it. The caller turns this into an exception.
  */
 export interface ErrorExit extends ExitBase {
+  /** Discriminant: KVM_RUN failed with an errno that is not part of an exit. */
   readonly reason: 'error';
+  /** The errno KVM_RUN failed with (positive, e.g. 22 for EINVAL). */
   readonly errno: number;
 }
 

@@ -345,24 +345,37 @@ export function hypercall(nr: number | bigint, a0: number | bigint = 0, a1: numb
 
 /** A segment register as `struct kvm_segment` (KVM_GET_SREGS / KVM_SET_SREGS) holds it. */
 export interface KvmSegment {
+  /** `kvm_segment.base`: the segment's base address. */
   base: bigint;
   /** Byte-granular limit (0xFFFFFFFF for a flat segment), not the descriptor's 20-bit field. */
   limit: number;
+  /** `kvm_segment.selector`: the value of the segment register (GDT/LDT index, TI, RPL). */
   selector: number;
+  /** `kvm_segment.type`: the descriptor's 4-bit type (e.g. 0xB execute/read accessed code, 0x3 read/write accessed data). */
   type: number;
+  /** `kvm_segment.present`: P bit. */
   present: number;
+  /** `kvm_segment.dpl`: descriptor privilege level, 0..3. */
   dpl: number;
+  /** `kvm_segment.db`: D/B bit, 32-bit default operand size (0 for a 64-bit code segment). */
   db: number;
+  /** `kvm_segment.s`: S bit, 1 for a code or data segment, 0 for a system segment. */
   s: number;
+  /** `kvm_segment.l`: L bit, 64-bit code segment. */
   l: number;
+  /** `kvm_segment.g`: G bit, the descriptor's limit is in 4 KiB units. */
   g: number;
+  /** `kvm_segment.avl`: the descriptor's AVL bit, available to software. */
   avl: number;
+  /** `kvm_segment.unusable`: 1 when the register holds no usable segment (e.g. a null selector). */
   unusable: number;
 }
 
 /** A descriptor table register as `struct kvm_dtable` holds it (`gdt`, `idt`). */
 export interface KvmDtable {
+  /** `kvm_dtable.base`: address of the table. */
   base: bigint;
+  /** `kvm_dtable.limit`: size of the table in bytes, minus one. */
   limit: number;
 }
 
@@ -380,12 +393,19 @@ export interface LongModeSregs {
   cr4: bigint;
   /** LME | LMA = 0x500 (no NX: the page tables do not use it). */
   efer: bigint;
+  /** `kvm_sregs.cs`: flat 64-bit code segment (L = 1), selector {@link LONG_MODE_CODE_SELECTOR}. */
   cs: KvmSegment;
+  /** `kvm_sregs.ds`: flat read/write data segment, selector {@link LONG_MODE_DATA_SELECTOR}. */
   ds: KvmSegment;
+  /** `kvm_sregs.es`: same as `ds`. */
   es: KvmSegment;
+  /** `kvm_sregs.fs`: same as `ds`. */
   fs: KvmSegment;
+  /** `kvm_sregs.gs`: same as `ds`. */
   gs: KvmSegment;
+  /** `kvm_sregs.ss`: same as `ds`. */
   ss: KvmSegment;
+  /** `kvm_sregs.gdt`: the GDT written to guest memory (null, code and data descriptors). */
   gdt: KvmDtable;
 }
 

@@ -94,6 +94,7 @@ export type LayoutSpec = z.input<typeof LayoutSchema>;
 export class LayoutError extends ArgumentTypeError {
   /** One line per problem: `slots[1].guestPhysAddr: expected ...`. */
   readonly issues: readonly string[];
+  /** Builds the error from one line per problem. */
   constructor(issues: string[]) {
     super('ERR_INVALID_LAYOUT', `invalid memory layout:\n  ${issues.join('\n  ')}`);
     this.name = 'LayoutError';
@@ -116,10 +117,15 @@ export function parseLayout(spec: unknown): z.output<typeof LayoutSchema> {
 export interface MemoryMapEntry {
   /** Name given in the spec, or `slots[i]`. */
   readonly name: string;
+  /** Slot id within its address space (the low 16 bits of the kernel's slot field). */
   readonly slot: number;
+  /** Address space id (the high 16 bits of the kernel's slot field). */
   readonly addressSpace: number;
+  /** First guest physical address of the slot. */
   readonly guestPhysAddr: bigint;
+  /** Size of the slot in bytes. */
   readonly size: bigint;
+  /** The slot's KVM_MEM_* flags by name (`'log-dirty-pages'`, `'readonly'`, `'guest-memfd'`). */
   readonly flags: readonly string[];
   /** Shared backing: `anonymous` or a named file and offset. */
   readonly userspace: { readonly kind: string; readonly file?: string; readonly offset: number };
@@ -129,7 +135,9 @@ export interface MemoryMapEntry {
 
 /** A memory map: entries in GPA order and a text rendering. */
 export interface MemoryMap {
+  /** One entry per slot, by address space then GPA. */
   readonly entries: readonly MemoryMapEntry[];
+  /** The entries rendered as a table ({@link renderMemoryMap}). */
   readonly text: string;
 }
 

@@ -68,23 +68,36 @@ export interface UserMemoryRegion2 {
   slot: number;
   /** KVM_MEM_* flags. */
   flags: number;
+  /** `guest_phys_addr`: first guest physical address; page-aligned. */
   guestPhysAddr: number | bigint;
   /** 0 deletes the slot. */
   memorySize: number | bigint;
+  /** `userspace_addr`: host virtual address of the shared backing. */
   userspaceAddr: number | bigint;
   /** guest_memfd fd (or a GuestMemfd) when flags has KVM_MEM_GUEST_MEMFD. */
   guestMemfd?: number | GuestMemfd;
+  /** `guest_memfd_offset`: offset of the slot's private memory in the guest_memfd. */
   guestMemfdOffset?: number | bigint;
 }
 
 /** A plain description of a slot, for memory maps. */
 export interface SlotDescription {
+  /** Slot id within its address space (the low 16 bits of the kernel's slot field). */
   readonly slot: number;
+  /** Address space id (the high 16 bits of the kernel's slot field). */
   readonly addressSpace: number;
+  /** First guest physical address of the slot. */
   readonly guestPhysAddr: bigint;
+  /** Size of the slot in bytes. */
   readonly size: bigint;
+  /** The slot's KVM_MEM_* flags by name (`'log-dirty-pages'`, `'readonly'`, `'guest-memfd'`). */
   readonly flags: readonly string[];
+  /**
+   * Shared backing: `kind` (`'memfd'`, `'guest_memfd'`, `'view'` or `'anonymous'`), the
+   * file's description if any, the offset in it, and the host address (`userspace_addr`).
+   */
   readonly userspace: { readonly kind: string; readonly file?: string; readonly offset: number; readonly address: bigint };
+  /** Private backing, if any: the guest_memfd's description and `guest_memfd_offset`. */
   readonly guestMemfd?: { readonly file: string; readonly offset: number };
 }
 

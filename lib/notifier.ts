@@ -129,7 +129,9 @@ export class Notifier<E> {
    * resolves to the unregister function once the replay is done.
    */
   register(listener: NotifierListener<E>): Unregister;
+  /** Adds a listener after replaying the populated ranges to its `populate`; resolves to the unregister function. */
   register(listener: NotifierListener<E>, options: { replay: true }): Promise<Unregister>;
+  /** Adds a listener; returns a promise only when `options.replay` is true. */
   register(listener: NotifierListener<E>, options?: { replay?: boolean }): Unregister | Promise<Unregister>;
   register(listener: NotifierListener<E>, options?: { replay?: boolean }): Unregister | Promise<Unregister> {
     if (listener === null || typeof listener !== 'object')

@@ -13,9 +13,42 @@ import type { Vm } from './vm';
 
 /** General purpose registers (struct kvm_regs), 64-bit fields as bigint. */
 export interface Regs {
-  rax: bigint; rbx: bigint; rcx: bigint; rdx: bigint; rsi: bigint; rdi: bigint; rsp: bigint; rbp: bigint;
-  r8: bigint; r9: bigint; r10: bigint; r11: bigint; r12: bigint; r13: bigint; r14: bigint; r15: bigint;
-  rip: bigint; rflags: bigint;
+  /** kvm_regs.rax. */
+  rax: bigint;
+  /** kvm_regs.rbx. */
+  rbx: bigint;
+  /** kvm_regs.rcx. */
+  rcx: bigint;
+  /** kvm_regs.rdx. */
+  rdx: bigint;
+  /** kvm_regs.rsi. */
+  rsi: bigint;
+  /** kvm_regs.rdi. */
+  rdi: bigint;
+  /** kvm_regs.rsp. */
+  rsp: bigint;
+  /** kvm_regs.rbp. */
+  rbp: bigint;
+  /** kvm_regs.r8. */
+  r8: bigint;
+  /** kvm_regs.r9. */
+  r9: bigint;
+  /** kvm_regs.r10. */
+  r10: bigint;
+  /** kvm_regs.r11. */
+  r11: bigint;
+  /** kvm_regs.r12. */
+  r12: bigint;
+  /** kvm_regs.r13. */
+  r13: bigint;
+  /** kvm_regs.r14. */
+  r14: bigint;
+  /** kvm_regs.r15. */
+  r15: bigint;
+  /** kvm_regs.rip: the instruction pointer. */
+  rip: bigint;
+  /** kvm_regs.rflags (bit 1 is always set). */
+  rflags: bigint;
 }
 
 /** A segment register (struct kvm_segment). */
@@ -26,10 +59,41 @@ export type Dtable = KvmDtable;
 
 /** Special registers (struct kvm_sregs). */
 export interface Sregs {
-  cs: Segment; ds: Segment; es: Segment; fs: Segment; gs: Segment; ss: Segment; tr: Segment; ldt: Segment;
-  gdt: Dtable; idt: Dtable;
-  cr0: bigint; cr2: bigint; cr3: bigint; cr4: bigint; cr8: bigint; efer: bigint; apicBase: bigint;
-  /** 256 bits of pending interrupts, as four 64-bit words. */
+  /** kvm_sregs.cs: the CS segment register. */
+  cs: Segment;
+  /** kvm_sregs.ds: the DS segment register. */
+  ds: Segment;
+  /** kvm_sregs.es: the ES segment register. */
+  es: Segment;
+  /** kvm_sregs.fs: the FS segment register. */
+  fs: Segment;
+  /** kvm_sregs.gs: the GS segment register. */
+  gs: Segment;
+  /** kvm_sregs.ss: the SS segment register. */
+  ss: Segment;
+  /** kvm_sregs.tr: the TR segment register. */
+  tr: Segment;
+  /** kvm_sregs.ldt: the LDT segment register. */
+  ldt: Segment;
+  /** kvm_sregs.gdt: the global descriptor table register. */
+  gdt: Dtable;
+  /** kvm_sregs.idt: the interrupt descriptor table register. */
+  idt: Dtable;
+  /** kvm_sregs.cr0: control register 0 (PE, PG, ...). */
+  cr0: bigint;
+  /** kvm_sregs.cr2: the page-fault linear address. */
+  cr2: bigint;
+  /** kvm_sregs.cr3: the page table root. */
+  cr3: bigint;
+  /** kvm_sregs.cr4: control register 4 (PAE, ...). */
+  cr4: bigint;
+  /** kvm_sregs.cr8: the task priority register. */
+  cr8: bigint;
+  /** kvm_sregs.efer: the EFER MSR (LME, LMA, ...). */
+  efer: bigint;
+  /** kvm_sregs.apic_base: the IA32_APIC_BASE MSR (kvm_sregs.apic_base). */
+  apicBase: bigint;
+  /** kvm_sregs.interrupt_bitmap: 256 bits of pending interrupts, as four 64-bit words. */
   interruptBitmap: bigint[];
 }
 
@@ -37,14 +101,21 @@ export interface Sregs {
 export interface Fpu {
   /** x87 registers, 8 × 16 bytes. */
   fpr: Buffer[];
+  /** `kvm_fpu.fcw`: x87 control word. */
   fcw: number;
+  /** `kvm_fpu.fsw`: x87 status word. */
   fsw: number;
+  /** `kvm_fpu.ftwx`: x87 tag word in FXSAVE's abridged form (one bit per register). */
   ftwx: number;
+  /** `kvm_fpu.last_opcode`: opcode of the last x87 instruction. */
   lastOpcode: number;
+  /** `kvm_fpu.last_ip`: address of the last x87 instruction. */
   lastIp: bigint;
+  /** `kvm_fpu.last_dp`: address of the last x87 memory operand. */
   lastDp: bigint;
   /** SSE registers, 16 × 16 bytes. */
   xmm: Buffer[];
+  /** `kvm_fpu.mxcsr`: SSE control and status register. */
   mxcsr: number;
 }
 
