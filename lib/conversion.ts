@@ -72,6 +72,12 @@ export interface ConversionBackend {
   discardShared(piece: ConversionPiece): void;
   /** Discards the private copy of a piece (punch the guest_memfd). */
   discardPrivate(piece: ConversionPiece): void;
+  /**
+   * Before an in-place piece turns private: make host mappings of it safe (a touch
+   * of a private guest_memfd page through a mapping raises SIGBUS), e.g. detach the
+   * views over it.
+   */
+  revokeShared?(piece: ConversionPiece): void;
 }
 
 /** Everything the engine needs from a VM. */
@@ -285,6 +291,8 @@ export async function convertRanges(ctx: ConversionContext, requests: readonly C
       const batch = work.filter((w) => w.to === to);
       if (batch.length === 0) continue;
       const attrs = to === 'private' ? MemoryAttribute.Private : MemoryAttribute.Shared;
+      if (to === 'private' && ctx.backend.revokeShared)
+        for (const w of batch) for (const p of w.pieces) if (p.inPlace) ctx.backend.revokeShared(p);
       let applied = batch.length;
       let failed = false;
       let failure: unknown;

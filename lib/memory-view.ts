@@ -84,6 +84,26 @@ export class ViewSet {
     return out;
   }
 
+  /**
+   * Detaches and unmaps every view overlapping `[offset, offset+length)` except those
+   * pinned by a slot. Returns how many were released.
+   */
+  releaseOverlapping(offset: number, length: number): number {
+    let released = 0;
+    for (const [id, e] of [...this.#entries]) {
+      if (e.offset >= offset + length || e.offset + e.length <= offset) continue;
+      const view = e.view.deref();
+      if (view?.pinned) continue;
+      if (view) view.release();
+      else {
+        native.unmap(id, e.arrayBuffer.deref());
+        this.#entries.delete(id);
+      }
+      released++;
+    }
+    return released;
+  }
+
   /** Detaches and unmaps every view, pinned or not (the owner is closing). */
   releaseAll(): void {
     for (const [id, e] of [...this.#entries]) {

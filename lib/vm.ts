@@ -273,6 +273,13 @@ export class Vm {
         // MADV_DONTNEED frees the pages and they read back as zeros.
         else native.madvise(slot.userspace.view.address + BigInt(piece.shared.offset), piece.size, MADV_DONTNEED);
       },
+      revokeShared(piece: ConversionPiece): void {
+        // The guest_memfd is its own shared backing: once private, its pages fault
+        // with SIGBUS through any mapping. Detach the views over them first (the
+        // slot's own mapping stays; vm.memory refuses private ranges).
+        const slot = vm.slotTable.get(0, piece.slot)!;
+        slot.guestMemfd!.file.views.releaseOverlapping(piece.private.offset, Number(piece.size));
+      },
       discardPrivate(piece: ConversionPiece): void {
         const slot = vm.slotTable.get(0, piece.slot)!;
         native.fallocate(slot.guestMemfd!.file.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, piece.private.offset, piece.size);

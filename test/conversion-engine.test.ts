@@ -18,6 +18,7 @@ import {
   type ConversionResult,
   type GpaRange,
 } from '../lib/conversion';
+import type { ConversionBackend } from '../lib/conversion';
 import { Notifier, type FileRangeEvent, type GpaRangeEvent } from '../lib/notifier';
 
 const PAGE = 4096n;
@@ -455,6 +456,21 @@ describe('conversion engine: what is touched', () => {
       'set shared 0x22000+0x4000',
       'end vm 0x22000+0x4000',
     ]);
+  });
+
+  test('in-place pieces turning private are revoked after invalidateStart and before the kernel call; never when turning shared', async () => {
+    const h = new Harness();
+    const revoked: Array<{ slot: number; range: string; lastBefore: string }> = [];
+    (h.ctx.backend as ConversionBackend).revokeShared = (p) =>
+      void revoked.push({ slot: p.slot, range: span(p.guestPhysAddr, p.size), lastBefore: h.lines().at(-1) ?? '' });
+    // Pages 30..36: slot 1 (anonymous shared, not in place) and slot 2 (in place).
+    await h.convert(req(30, 6, 'private'));
+    expect(revoked).toEqual([{ slot: 2, range: span(pg(32), pg(4)), lastBefore: expect.stringMatching(/^start /) }]);
+    const lines = h.lines();
+    expect(lines.findIndex((l) => l.startsWith('set'))).toBeGreaterThan(lines.findIndex((l) => l.startsWith('start')));
+    revoked.length = 0;
+    await h.convert(req(30, 6, 'shared'));
+    expect(revoked).toEqual([]);
   });
 
   test('the same file at a different offset is not in place: discarded and invalidated', async () => {

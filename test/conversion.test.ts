@@ -136,6 +136,16 @@ describe.skipIf(noKvm || !conversionType)(needsKvm(`conversion on the real kerne
     expect(vm.attributes.count).toBe(0);
   });
 
+  test('views over a mappable guest_memfd range turning private in place are detached first', async () => {
+    const gmem = vm.createGuestMemfd({ size: 2 * MiB, mmap: true, initShared: true });
+    vm.addMemorySlot({ guestPhysAddr: 4 * MiB, size: 2 * MiB, guestMemfd: { file: gmem } });
+    const inside = gmem.map(0, PAGE);
+    const outside = gmem.map(PAGE, PAGE);
+    await vm.convert(4 * MiB, PAGE, 'private');
+    expect(inside.buffer.length).toBe(0);
+    expect(outside.buffer.length).toBe(PAGE);
+  });
+
   test('convertMany applies a batch in one call per direction', async () => {
     const r = await vm.convertMany([
       { guestPhysAddr: 0, size: PAGE, to: 'private' },

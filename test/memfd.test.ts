@@ -193,6 +193,28 @@ describe('views', () => {
     expect(orphan[0]).toBeUndefined();
   });
 
+  test('releaseOverlapping detaches the views over a range, even orphaned buffers, but not pinned ones', async () => {
+    const { Kvm } = await import('../lib/index');
+    const { noKvm, kvmPath } = await import('./helpers');
+    using ram = Memfd.create('v', { size: 4 * 4096 });
+    const a = ram.map(0, 4096);
+    const b = ram.map(4096, 2 * 4096);
+    const orphan = ram.map(2 * 4096, 4096).buffer;
+    const far = ram.map(3 * 4096, 4096);
+    let pinned: MemoryView | undefined;
+    if (!noKvm) {
+      using kvm = Kvm.open(kvmPath);
+      using vm = kvm.createVm();
+      pinned = ram.map(2 * 4096, 4096);
+      vm.addMemorySlot({ guestPhysAddr: 0, size: 4096, userspace: pinned });
+      expect(ram.views.releaseOverlapping(4096, 2 * 4096)).toBe(2);
+      expect(pinned.buffer.length).toBe(4096);
+    } else {
+      expect(ram.views.releaseOverlapping(4096, 2 * 4096)).toBe(2);
+    }
+    expect([a.buffer.length, b.buffer.length, orphan.length, far.buffer.length]).toEqual([4096, 0, 0, 4096]);
+  });
+
   test('each view has its own mapping and address', () => {
     using ram = Memfd.create('v', { size: 4096 });
     const a = ram.map();
