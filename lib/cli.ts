@@ -14,6 +14,7 @@ import { explainProbeFailure, formatProbe, probe, probeJson } from './probe';
 export function buildCli(): Command {
   const program = new Command('gmem')
     .description('Inspect and script Linux KVM guest memory (guest_memfd, memfd, memory slots)')
+    .version((require('../package.json') as { version: string }).version)
     .showHelpAfterError();
 
   program

@@ -41,7 +41,7 @@ export interface GpaRange {
 /** Where one copy of a piece of guest memory lives. */
 export interface BackingRef {
   /** The file (GuestMemfd, Memfd), or null for anonymous memory. */
-  readonly file: { readonly notifier: Notifier<any> } | null; // eslint-disable-line @typescript-eslint/no-explicit-any
+  readonly file: { readonly notifier: Notifier<any> } | null;
   /** Offset of the piece in the file (or in the anonymous mapping). */
   readonly offset: number;
 }
@@ -85,7 +85,7 @@ export interface ConversionContext {
   /** The VM, as events name it. */
   readonly vm: unknown;
   /** The VM's notifier (GPA view). */
-  readonly notifier: Notifier<any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+  readonly notifier: Notifier<any>;
   /** The record of attributes, updated only after the kernel accepted. */
   readonly attributes: AttributeMap;
   /** Cuts a range into slot pieces; throws if any part is not guest_memfd-backed. */

@@ -38,7 +38,6 @@ export interface FileStat {
 
 /** A slot's use of a range of a file. @internal */
 export interface FileBinding {
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
   readonly vm: { readonly notifier: Notifier<GpaRangeEvent<any>> };
   readonly slot: number;
   readonly guestPhysAddr: bigint;

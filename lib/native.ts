@@ -77,7 +77,6 @@ export interface NativeBinding {
   preFaultMemory(fd: number, gpa: number | bigint, size: number | bigint): void;
 }
 
-// eslint-disable-next-line @typescript-eslint/no-require-imports
 const load = require('node-gyp-build') as (dir: string) => unknown;
 
 /** The loaded addon (lib/ and dist/ both sit one level below the package root). @internal */

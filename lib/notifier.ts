@@ -194,7 +194,7 @@ export class Notifier<E> {
 }
 
 /** One notifier and the event it should receive, for a multi-party dispatch. @internal */
-export type Delivery = readonly [Notifier<any>, unknown]; // eslint-disable-line @typescript-eslint/no-explicit-any
+export type Delivery = readonly [Notifier<any>, unknown];
 
 /** True when none of the notifiers has a listener: the caller may skip dispatch. @internal */
 export function quiet(deliveries: readonly Delivery[]): boolean {

@@ -262,6 +262,20 @@ describe.skipIf(noKvm)(needsKvm('vCPUs and guests on the real kernel'), () => {
     expect(() => vcpu.setRegs({ nope: 1n } as never)).toThrow(/unknown register 'nope'/);
   });
 
+  test('vm.enableCap turns on hypercall exits the VM reports, and explains a refusal', () => {
+    const offered = vm.checkExtension(Cap.ExitHypercall);
+    if (offered & (1 << Hypercall.MapGpaRange)) vm.enableCap(Cap.ExitHypercall, [1 << Hypercall.MapGpaRange]);
+    // A hypercall bit the VM does not offer is refused by the kernel.
+    let error: unknown;
+    try {
+      vm.enableCap(Cap.ExitHypercall, [1n << 40n]);
+    } catch (e) {
+      error = e;
+    }
+    expect((error as { code: string }).code).toBe('EINVAL');
+    expect((error as Error).message).toMatch(/vm\.enableCap\(KVM_CAP_EXIT_HYPERCALL\)/);
+  });
+
   test('createVcpu refuses duplicate ids and ids past KVM_CAP_MAX_VCPUS', () => {
     vm.createVcpu(0);
     expect(() => vm.createVcpu(0)).toThrow(/already exists/);
