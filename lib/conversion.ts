@@ -22,6 +22,7 @@ import { MemoryAttribute } from './caps';
 import { ArgumentRangeError, StateError } from './errors';
 import {
   invalidate,
+  rollBack,
   type BoundRange,
   type Delivery,
   type InvalidationCause,
@@ -188,22 +189,6 @@ function vmDelivery(ctx: ConversionContext, w: Work, cause: InvalidationCause): 
       ranges: w.pieces.map((p) => ({ slot: p.slot, guestPhysAddr: p.guestPhysAddr, size: p.size })),
     },
   ];
-}
-
-/** Gives each listener that accepted a populate an invalidateStart/End pair. */
-async function rollBack(
-  accepted: ReadonlyArray<readonly [Notifier<unknown>, NotifierListener<unknown>, unknown, ...unknown[]]>,
-): Promise<void> {
-  for (const phase of ['invalidateStart', 'invalidateEnd'] as const)
-    for (const [notifier, listener, event] of accepted) {
-      const fn = listener[phase];
-      if (!fn) continue;
-      try {
-        await fn.call(listener, event);
-      } catch (error) {
-        notifier.onError(error, phase, event);
-      }
-    }
 }
 
 /** Refuses overlapping requests: a batch converts disjoint ranges. @internal */

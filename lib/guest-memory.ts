@@ -2,7 +2,7 @@
  * Guest-physical memory access for the host: `vm.memory.read/write/view`, through the
  * shared backing's views of each slot.
  */
-import { ArgumentRangeError, StateError } from './errors';
+import { ArgumentRangeError, ArgumentTypeError, StateError } from './errors';
 import type { MemorySlot } from './memory-slot';
 import type { SlotTable } from './slot-table';
 import { hex, u64 } from './validate';
@@ -70,7 +70,7 @@ export class GuestMemory {
   /** Copies `bytes` to guest memory at `guestPhysAddr`. */
   write(guestPhysAddr: number | bigint, bytes: Uint8Array): void {
     if (!(bytes instanceof Uint8Array))
-      throw new TypeError('vm.memory.write: bytes must be a Buffer or Uint8Array');
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', 'vm.memory.write: bytes must be a Buffer or Uint8Array');
     let offset = 0;
     for (const p of this.#pieces('vm.memory.write', guestPhysAddr, bytes.length)) {
       p.buffer.set(bytes.subarray(offset, offset + p.length), p.at);

@@ -4,6 +4,7 @@
 import { Cap, capName, decodeCapabilities, VmType, type Capabilities, type VmTypeName } from './caps';
 import { closedError, explain, UnsupportedError } from './errors';
 import { native } from './native';
+import { track, untrack } from './ownership';
 import { options as readOptions, oneOf, uint } from './validate';
 import { Vm } from './vm';
 
@@ -39,6 +40,7 @@ export class Kvm {
     this.path = path;
     this.#fd = fd;
     this.apiVersion = apiVersion;
+    track(this, fd);
   }
 
   /**
@@ -131,12 +133,26 @@ export class Kvm {
     this.#vms.delete(vm);
   }
 
-  /** Closes every VM this device created, then the device fd. Idempotent. */
+  /**
+   * Closes every VM this device created, then the device fd. Idempotent. Every VM is
+   * attempted; failures come back together as an AggregateError.
+   */
   close(): void {
     if (this.#fd < 0) return;
-    for (const vm of [...this.#vms]) vm.close();
+    const errors: unknown[] = [];
+    for (const vm of [...this.#vms])
+      try {
+        vm.close();
+      } catch (e) {
+        errors.push(e);
+      }
+    untrack(this);
     native.close(this.#fd);
     this.#fd = -1;
+    if (errors.length)
+      throw Object.assign(new AggregateError(errors, `kvm.close: the device is closed, but ${errors.length} VM(s) did not close cleanly`), {
+        code: 'ERR_CLOSE_INCOMPLETE',
+      });
   }
 
   /** Same as `close()`. */

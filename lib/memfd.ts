@@ -191,6 +191,20 @@ export class Memfd extends MemoryFile {
       throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: size ${hex(n)} is not a multiple of ${this.granule} bytes`);
     const old = this.size;
     if (n >= old) return this.resize(n);
+    this.#checkShrink(op, n);
+    this.shrinkingTo = n;
+    try {
+      await this.discard(n, old - n, 'truncate', () => {
+        // Listeners were awaited: check again before the tail goes.
+        this.#checkShrink(op, n);
+        this.resize(n);
+      });
+    } finally {
+      this.shrinkingTo = undefined;
+    }
+  }
+
+  #checkShrink(op: string, n: number): void {
     for (const b of this.bindings)
       if (b.fileOffset + Number(b.size) > n)
         throw new StateError(
@@ -203,7 +217,20 @@ export class Memfd extends MemoryFile {
           'ERR_IN_USE',
           `${op}: cannot shrink ${this.description} to ${hex(n)}: a live view maps it up to ${hex(v.offset + v.length)} (touching the lost tail would raise SIGBUS); unmap it first`,
         );
-    await this.discard(n, old - n, 'truncate', () => this.resize(n));
+  }
+
+  /**
+   * Punching a hugetlb memfd returns its huge pages to the pool; a mapping over the
+   * hole would then fault with SIGBUS once another user takes them. @internal
+   */
+  protected override checkDiscard(op: string, offset: number, length: number): void {
+    if (!this.hugetlb) return;
+    for (const v of this.views.reachableRanges())
+      if (v.offset < offset + length && offset < v.offset + v.length)
+        throw new StateError(
+          'ERR_IN_USE',
+          `${op}: a live view maps ${hex(v.offset)}..${hex(v.offset + v.length)} of hugetlb ${this.description}; punching it would drop the huge-page reservation under the mapping (SIGBUS on the next touch); unmap the view first`,
+        );
   }
 
   /** Adds seals (F_ADD_SEALS). The memfd must have been created with `allowSealing`. */

@@ -3,8 +3,9 @@
  * fallocate-based allocation and hole punching, and a notifier that hears about every
  * discard before and after it happens.
  */
-import { closedError, explain, StateError, ArgumentRangeError } from './errors';
+import { ArgumentRangeError, ArgumentTypeError, closedError, explain, StateError } from './errors';
 import { native } from './native';
+import { track, untrack } from './ownership';
 import { MemoryView, ViewSet } from './memory-view';
 import {
   invalidate,
@@ -57,6 +58,7 @@ export abstract class MemoryFile {
   #bindings: Set<FileBinding> | undefined;
   #size: number;
   #disposeWhenUnbound = false;
+  #shrinkingTo: number | undefined;
   // Created on first use: most files are made, used and closed without either.
   #notifier: Notifier<FileRangeEvent<MemoryFile>> | undefined;
   #views: ViewSet | undefined;
@@ -65,6 +67,7 @@ export abstract class MemoryFile {
   protected constructor(fd: number, size: number) {
     this.#fd = fd;
     this.#size = size;
+    track(this, fd);
   }
 
   /** Listeners for discards (and populates) of this file's ranges. */
@@ -104,6 +107,12 @@ export abstract class MemoryFile {
   /** Called after the fd is closed. @internal */
   protected onClosed(): void {}
 
+  /**
+   * Refuses a discard that would make a live mapping fault with SIGBUS. Nothing to
+   * check for ordinary files (a punched page refaults as zeros). @internal
+   */
+  protected checkDiscard(_op: string, _offset: number, _length: number): void {}
+
   /** Checks that mapping this range cannot SIGBUS, preparing it if needed. @internal */
   protected abstract prepareMap(offset: number, length: number): void;
 
@@ -118,9 +127,17 @@ export abstract class MemoryFile {
     return this.#fd < 0;
   }
 
-  /** File size in bytes. */
+  /** File size in bytes (while a shrink is under way, the size it is shrinking to). */
   get size(): number {
-    return this.#size;
+    return this.#shrinkingTo !== undefined && this.#shrinkingTo < this.#size ? this.#shrinkingTo : this.#size;
+  }
+
+  /**
+   * Announces (or ends, with undefined) a shrink in progress, so nothing maps or
+   * binds the doomed tail while listeners are awaited. @internal
+   */
+  protected set shrinkingTo(size: number | undefined) {
+    this.#shrinkingTo = size;
   }
 
   /** @internal */
@@ -143,10 +160,10 @@ export abstract class MemoryFile {
     if (n === 0) throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: length must be greater than 0`);
     if (n % granule !== 0)
       throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: length ${hex(n)} is not a multiple of ${granule} bytes`);
-    if (o + n > this.#size)
+    if (o + n > this.size)
       throw new ArgumentRangeError(
         'ERR_OUT_OF_RANGE',
-        `${op}: range ${hex(o)}..${hex(o + n)} ends past the end of ${this.description} (size ${hex(this.#size)})`,
+        `${op}: range ${hex(o)}..${hex(o + n)} ends past the end of ${this.description} (size ${hex(this.size)})`,
       );
     return [o, n];
   }
@@ -160,7 +177,12 @@ export abstract class MemoryFile {
     const op = `${this.kind}.map`;
     this.checkOpen(op);
     const o = fileNumber(offset, op, 'offset');
-    const [start, n] = this.range(op, o, length ?? this.#size - o, native.pageSize);
+    if (length === undefined && o >= this.size)
+      throw new ArgumentRangeError(
+        'ERR_OUT_OF_RANGE',
+        `${op}: offset ${hex(o)} is at or past the end of ${this.description} (size ${hex(this.size)})`,
+      );
+    const [start, n] = this.range(op, o, length ?? this.size - o, native.pageSize);
     if (n > MAX_VIEW)
       throw new ArgumentRangeError(
         'ERR_OUT_OF_RANGE',
@@ -214,6 +236,7 @@ export abstract class MemoryFile {
     try {
       fd = this.checkOpen(op);
       [o, n] = this.range(op, offset, length);
+      this.checkDiscard(op, o, n);
       if (this.unobserved) {
         // Nobody can be listening: no dispatch machinery on this hot path.
         this.#punch(fd, o, n);
@@ -240,11 +263,13 @@ export abstract class MemoryFile {
   async punchHoles(ranges: ReadonlyArray<readonly [number | bigint, number | bigint]>): Promise<void> {
     const op = `${this.kind}.punchHoles`;
     const fd = this.checkOpen(op);
-    if (!Array.isArray(ranges)) throw new TypeError(`${op}: ranges must be an array of [offset, length] pairs`);
+    if (!Array.isArray(ranges))
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: ranges must be an array of [offset, length] pairs`);
     const pairs = new BigUint64Array(ranges.length * 2);
     const checked: Array<[number, number]> = [];
     ranges.forEach((r, i) => {
       const [o, n] = this.range(`${op}[${i}]`, r?.[0], r?.[1]);
+      this.checkDiscard(`${op}[${i}]`, o, n);
       pairs[2 * i] = BigInt(o);
       pairs[2 * i + 1] = BigInt(n);
       checked.push([o, n]);
@@ -354,6 +379,7 @@ export abstract class MemoryFile {
 
   #release(): void {
     this.#views?.releaseAll();
+    untrack(this);
     native.close(this.#fd);
     this.#fd = -1;
     this.onClosed();
@@ -366,10 +392,9 @@ export abstract class MemoryFile {
     const fd = this.#fd;
     await invalidate(this.deliveries(0, this.#size, 'close'), () => {
       if (this.#fd !== fd) return;
-      this.#views?.releaseAll();
-      native.close(fd);
-      this.#fd = -1;
-      this.onClosed();
+      // Listeners were awaited: a slot may have bound the file meanwhile.
+      if (this.bound) throw new StateError('ERR_IN_USE', this.inUseMessage(`${this.kind}.closeAsync`));
+      this.#release();
     });
   }
 

@@ -351,6 +351,12 @@ export function planSlot(vm: Vm, options: MemorySlotOptions): SlotPlan {
   if (userspace === undefined)
     userspace = gmem && gmem.file.mmapable && gmem.file.initShared ? gmem.file : 'anonymous';
   let userspaceOffset = 0;
+  const userspaceFile = userspace instanceof MemoryView ? userspace.file : userspace;
+  if (userspaceFile instanceof GuestMemfd && userspaceFile.owner !== vm)
+    throw slotError(
+      'ERR_FOREIGN_GUEST_MEMFD',
+      `options.userspace ${userspaceFile.description} belongs to another VM; a guest_memfd backs only the VM that created it`,
+    );
   if (userspace instanceof MemoryFile) {
     userspaceOffset =
       o.userspaceOffset !== undefined
@@ -366,6 +372,11 @@ export function planSlot(vm: Vm, options: MemorySlotOptions): SlotPlan {
       );
   } else if (userspace instanceof MemoryView) {
     if (!userspace.mapped) throw new StateError('ERR_CLOSED', `${op}: options.userspace is an unmapped view`);
+    if (userspace.slotOwned)
+      throw new StateError(
+        'ERR_IN_USE',
+        `${op}: options.userspace is another slot's own mapping, released with that slot; pass its file (or a view of your own) instead`,
+      );
     if (BigInt(userspace.length) < size)
       throw new ArgumentRangeError(
         'ERR_OUT_OF_RANGE',
@@ -413,6 +424,7 @@ function acquireUserspace(plan: SlotPlan): Userspace {
       owned: true,
     };
   }
+  if (result.owned) result.view.markSlotOwned();
   result.view.pin();
   return result;
 }
@@ -486,14 +498,18 @@ export function addSlot(vm: Vm, options: MemorySlotOptions): MemorySlot {
   return slot;
 }
 
-/** Populate listeners for a slot add run synchronously; a throw vetoes. */
+/**
+ * Populate listeners for a slot add run synchronously (the add is synchronous): a
+ * throw vetoes; a returned promise is not awaited, so its rejection cannot veto and
+ * is reported through the notifier's onError (phase 'populate').
+ */
 function populateSync(deliveries: readonly Delivery[]): void {
   for (const [n, e] of deliveries)
     for (const l of n.snapshot())
       if (l.populate) {
         const r = l.populate.call(l, e);
         if (r && typeof (r as Promise<void>).then === 'function')
-          (r as Promise<void>).then(undefined, (error) => n.onError(error, 'invalidateStart', e));
+          (r as Promise<void>).then(undefined, (error) => n.onError(error, 'populate', e));
       }
 }
 
@@ -586,6 +602,14 @@ export async function moveSlot(vm: Vm, slot: MemorySlot, newGpa: number | bigint
   const old = slot.guestPhysAddr;
   await invalidate(slotDeliveries(vm, slot, 'slot-removed'), () => {
     const fd = vm.checkOpen(op);
+    // Listeners were awaited: the slot or the target range may have changed since.
+    ownSlot(vm, slot, op);
+    const late = vm.slotTable.overlapping(slot.addressSpace, gpa, slot.size).find((s) => s !== slot);
+    if (late)
+      throw new StateError(
+        'ERR_SLOT_OVERLAP',
+        `${op}: GPA range ${range(gpa, slot.size)} overlaps slot ${late.id} (GPA ${range(late.guestPhysAddr, late.size)}), added while listeners ran`,
+      );
     vm.slotTable.delete(slot);
     try {
       if (slot.guestMemfd) {
@@ -631,6 +655,12 @@ export function rawRegion2(vm: Vm, region: UserMemoryRegion2): void {
   const uaddr = u64(r.userspaceAddr ?? 0, op, 'region.userspaceAddr');
   const gfd = r.guestMemfd instanceof GuestMemfd ? r.guestMemfd.fd : uint(r.guestMemfd ?? 0, op, 'region.guestMemfd', 0x7fffffff);
   const goff = u64(r.guestMemfdOffset ?? 0, op, 'region.guestMemfdOffset');
+  const tracked = vm.slotTable.get(slot >>> 16, slot & 0xffff);
+  if (tracked)
+    throw new StateError(
+      'ERR_SLOT_IN_USE',
+      `${op}: slot ${slot & 0xffff} (address space ${slot >>> 16}) is managed by vm.addMemorySlot; change it with moveMemorySlot/removeMemorySlot so the library's record stays true`,
+    );
   try {
     native.setUserMemoryRegion2(fd, slot, flags, gpa, size, uaddr, goff, gfd);
   } catch (e) {

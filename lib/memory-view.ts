@@ -142,6 +142,7 @@ export class MemoryView {
   #set: ViewSet;
   #pins = 0;
   #mapped = true;
+  #slotOwned = false;
 
   /** @internal */
   constructor(mapping: NativeMapping, offset: number, length: number, set: ViewSet) {
@@ -193,6 +194,16 @@ export class MemoryView {
     this.#mapped = false;
     this.#pins = 0;
     this.#set.release(this.#id, this);
+  }
+
+  /** True for a mapping a memory slot made for itself (released with the slot). */
+  get slotOwned(): boolean {
+    return this.#slotOwned;
+  }
+
+  /** @internal */
+  markSlotOwned(): void {
+    this.#slotOwned = true;
   }
 
   /** @internal */

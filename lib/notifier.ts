@@ -86,7 +86,11 @@ export interface NotifierEvent<E> {
 }
 
 /** Where a listener error is reported. */
-export type ListenerErrorHandler<E> = (error: unknown, phase: 'invalidateStart' | 'invalidateEnd', event: E) => void;
+export type ListenerErrorHandler<E> = (
+  error: unknown,
+  phase: 'invalidateStart' | 'invalidateEnd' | 'populate',
+  event: E,
+) => void;
 
 function defaultErrorHandler(error: unknown, phase: string): void {
   process.emitWarning(
@@ -258,10 +262,42 @@ export function invalidateSync<T>(deliveries: readonly Delivery[], operation: ()
   }
 }
 
+/** A populate one listener accepted, for rolling it back. @internal */
+export type Accepted = readonly [Notifier<unknown>, NotifierListener<unknown>, unknown];
+
 /**
- * Asks every `populate` listener; the first that throws vetoes and its error is
- * rethrown (the caller rolls back). @internal
+ * Gives each listener that accepted a populate an invalidateStart/End pair (all
+ * starts, then all ends). Listener errors are reported, never thrown. @internal
+ */
+export async function rollBack(accepted: ReadonlyArray<readonly [Notifier<unknown>, NotifierListener<unknown>, unknown, ...unknown[]]>): Promise<void> {
+  for (const phase of ['invalidateStart', 'invalidateEnd'] as const)
+    for (const [notifier, listener, event] of accepted) {
+      const fn = listener[phase];
+      if (!fn) continue;
+      try {
+        await fn.call(listener, event);
+      } catch (error) {
+        notifier.onError(error, phase, event);
+      }
+    }
+}
+
+/**
+ * Asks every `populate` listener, one at a time. The first that throws vetoes: the
+ * listeners that had accepted hear an invalidateStart/End pair, and the veto is
+ * rethrown (the caller changes nothing). @internal
  */
 export async function populate(deliveries: readonly Delivery[]): Promise<void> {
-  for (const [n, e] of deliveries) for (const l of n.snapshot()) if (l.populate) await l.populate.call(l, e);
+  const accepted: Accepted[] = [];
+  for (const [n, e] of deliveries)
+    for (const l of n.snapshot() as readonly NotifierListener<unknown>[]) {
+      if (!l.populate) continue;
+      try {
+        await l.populate.call(l, e);
+      } catch (veto) {
+        await rollBack(accepted);
+        throw veto;
+      }
+      accepted.push([n as Notifier<unknown>, l, e]);
+    }
 }

@@ -3,11 +3,12 @@
  * own, with every exit decoded into a discriminated union.
  */
 import { Cap, capName, Hypercall } from './caps';
-import { ArgumentRangeError, closedError, explain, KvmError, StateError, UnsupportedError } from './errors';
+import { ArgumentRangeError, ArgumentTypeError, closedError, explain, KvmError, StateError, UnsupportedError } from './errors';
 import { decodeExit, type HypercallExit, type IoExit, type MemoryFaultExit, type MmioExit, type VcpuExit } from './exits';
 import type { KvmDtable, KvmSegment } from './guest-code';
 import { MemoryView, ViewSet } from './memory-view';
 import { native, type NativeVcpuRunner } from './native';
+import { track, untrack } from './ownership';
 import { hex, PAGE_SIZE, u64, uint } from './validate';
 import type { Vm } from './vm';
 
@@ -176,6 +177,31 @@ function writeSegment(b: Buffer, o: number, s: Segment): void {
   bytes.forEach((v, i) => (b[o + 14 + i] = v & 0xff));
 }
 
+const segmentLimits: Record<string, number> = {
+  limit: 0xffffffff, selector: 0xffff, type: 0xff, present: 0xff, dpl: 0xff, db: 0xff,
+  s: 0xff, l: 0xff, g: 0xff, avl: 0xff, unusable: 0xff,
+};
+
+/** Validates one field of a setSregs argument and merges it into the current value. */
+function checkSregsField(op: string, key: string, current: unknown, value: unknown): unknown {
+  if (key === 'interruptBitmap') {
+    if (!Array.isArray(value) || value.length !== 4)
+      throw new ArgumentRangeError('ERR_INVALID_ARG_VALUE', `${op}: interruptBitmap must be four 64-bit words`);
+    return value.map((w, i) => u64(w, op, `interruptBitmap[${i}]`));
+  }
+  if (current !== null && typeof current === 'object') {
+    if (value === null || typeof value !== 'object')
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: ${key} must be an object`);
+    const merged: Record<string, unknown> = { ...(current as object) };
+    for (const [f, v] of Object.entries(value)) {
+      if (!(f in merged)) throw new ArgumentRangeError('ERR_INVALID_ARG_VALUE', `${op}: unknown field '${key}.${f}'`);
+      merged[f] = f === 'base' ? u64(v, op, `${key}.base`) : uint(v, op, `${key}.${f}`, key === 'gdt' || key === 'idt' ? 0xffff : segmentLimits[f]!);
+    }
+    return merged;
+  }
+  return u64(value, op, key);
+}
+
 /** Decodes struct kvm_sregs. @internal */
 export function decodeSregs(b: Buffer): Sregs {
   const segs = Object.fromEntries(segNames.map((n, i) => [n, readSegment(b, i * 24)])) as Record<(typeof segNames)[number], Segment>;
@@ -246,10 +272,18 @@ export class Vcpu {
       throw explain(e, `vm.createVcpu(${id}): mapping kvm_run`);
     }
     this.#run = this.#runView.buffer;
+    track(this, fd);
     try {
-      this.#runner = new native.VcpuRunner(fd, (errno) => this.#onExit(errno));
+      // The runner holds its callback strongly; the callback holds this vCPU weakly,
+      // so a forgotten vCPU can still be collected (and its runner stopped).
+      const self = new WeakRef(this);
+      this.#runner = new native.VcpuRunner(fd, (errno) => {
+        const vcpu = self.deref();
+        if (vcpu) vcpu.#onExit(errno);
+      });
     } catch (e) {
       this.#views.releaseAll();
+      untrack(this);
       native.close(fd);
       throw explain(e, `vm.createVcpu(${id}): starting its runner`);
     }
@@ -294,9 +328,21 @@ export class Vcpu {
     return this.#fd;
   }
 
+  /**
+   * Like #check, and refuses while `run()` is in flight: the kernel serializes vCPU
+   * ioctls, so this one would block the event loop until the guest exits (and
+   * nothing could kick it).
+   */
+  #idle(op: string): number {
+    const fd = this.#check(op);
+    if (this.#pending)
+      throw new StateError('ERR_BUSY', `${op}: vCPU ${this.id} is running; kick() it and await run() first`);
+    return fd;
+  }
+
   /** KVM_GET_REGS. */
   getRegs(): Regs {
-    const fd = this.#check('vcpu.getRegs');
+    const fd = this.#idle('vcpu.getRegs');
     native.getRegs(fd, this.#regs);
     const out = {} as Regs;
     regNames.forEach((n, i) => (out[n] = this.#regs.readBigUInt64LE(8 * i)));
@@ -306,8 +352,9 @@ export class Vcpu {
   /** KVM_SET_REGS. Fields not given keep their current values. */
   setRegs(regs: Partial<Regs>): void {
     const op = 'vcpu.setRegs';
-    const fd = this.#check(op);
-    if (regs === null || typeof regs !== 'object') throw new TypeError(`${op}: regs must be an object`);
+    const fd = this.#idle(op);
+    if (regs === null || typeof regs !== 'object')
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: regs must be an object`);
     native.getRegs(fd, this.#regs);
     for (const [k, v] of Object.entries(regs)) {
       const i = regNames.indexOf(k as (typeof regNames)[number]);
@@ -323,20 +370,21 @@ export class Vcpu {
 
   /** KVM_GET_SREGS. */
   getSregs(): Sregs {
-    native.getSregs(this.#check('vcpu.getSregs'), this.#sregs);
+    native.getSregs(this.#idle('vcpu.getSregs'), this.#sregs);
     return decodeSregs(this.#sregs);
   }
 
   /** KVM_SET_SREGS. Fields not given keep their current values (segments merge field by field). */
   setSregs(sregs: Partial<{ [K in keyof Sregs]: Sregs[K] extends object ? Partial<Sregs[K]> : Sregs[K] }>): void {
     const op = 'vcpu.setSregs';
-    const fd = this.#check(op);
+    const fd = this.#idle(op);
+    if (sregs === null || typeof sregs !== 'object')
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: sregs must be an object`);
     native.getSregs(fd, this.#sregs);
     const current = decodeSregs(this.#sregs) as unknown as Record<string, unknown>;
     for (const [k, v] of Object.entries(sregs)) {
       if (!(k in current)) throw new ArgumentRangeError('ERR_INVALID_ARG_VALUE', `${op}: unknown field '${k}'`);
-      const cur = current[k];
-      current[k] = cur && typeof cur === 'object' && !Array.isArray(cur) ? { ...cur, ...(v as object) } : v;
+      current[k] = checkSregsField(op, k, current[k], v);
     }
     encodeSregs(current as unknown as Sregs, this.#sregs);
     try {
@@ -349,7 +397,7 @@ export class Vcpu {
   /** KVM_GET_FPU. */
   getFpu(): Fpu {
     const b = Buffer.alloc(FPU_SIZE);
-    native.getFpu(this.#check('vcpu.getFpu'), b);
+    native.getFpu(this.#idle('vcpu.getFpu'), b);
     return {
       fpr: Array.from({ length: 8 }, (_, i) => Buffer.from(b.subarray(16 * i, 16 * i + 16))),
       fcw: b.readUInt16LE(128),
@@ -365,8 +413,17 @@ export class Vcpu {
 
   /** KVM_SET_FPU. Fields not given keep their current values. */
   setFpu(fpu: Partial<Fpu>): void {
-    const fd = this.#check('vcpu.setFpu');
+    const op = 'vcpu.setFpu';
+    const fd = this.#idle(op);
+    if (fpu === null || typeof fpu !== 'object') throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: fpu must be an object`);
     const f = { ...this.getFpu(), ...fpu };
+    for (const [k, max] of [['fcw', 0xffff], ['fsw', 0xffff], ['ftwx', 0xff], ['lastOpcode', 0xffff], ['mxcsr', 0xffffffff]] as const)
+      f[k] = uint(f[k], op, k, max);
+    f.lastIp = u64(f.lastIp, op, 'lastIp');
+    f.lastDp = u64(f.lastDp, op, 'lastDp');
+    for (const [k, n] of [['fpr', 8], ['xmm', 16]] as const)
+      if (!Array.isArray(f[k]) || f[k].length !== n || !f[k].every((r) => r instanceof Uint8Array && r.length === 16))
+        throw new ArgumentRangeError('ERR_INVALID_ARG_VALUE', `${op}: ${k} must be ${n} buffers of 16 bytes`);
     const b = Buffer.alloc(FPU_SIZE);
     f.fpr.forEach((r, i) => b.set(r.subarray(0, 16), 16 * i));
     b.writeUInt16LE(f.fcw, 128);
@@ -386,7 +443,7 @@ export class Vcpu {
    */
   enableCap(cap: number, args: ReadonlyArray<number | bigint> = [], flags = 0): void {
     const op = 'vcpu.enableCap';
-    const fd = this.#check(op);
+    const fd = this.#idle(op);
     const a = [0, 1, 2, 3].map((i) => u64(args[i] ?? 0, op, `args[${i}]`));
     try {
       native.enableCap(fd, uint(cap, op, 'cap', 0xffffffff), uint(flags, op, 'flags', 0xffffffff), a[0]!, a[1]!, a[2]!, a[3]!);
@@ -503,7 +560,7 @@ export class Vcpu {
    */
   preFault(guestPhysAddr: number | bigint, size: number | bigint): void {
     const op = 'vcpu.preFault';
-    const fd = this.#check(op);
+    const fd = this.#idle(op);
     const have = this.vm.cap(Cap.PreFaultMemory);
     if (have <= 0) throw new UnsupportedError(capName(Cap.PreFaultMemory), have, op);
     const gpa = u64(guestPhysAddr, op, 'guestPhysAddr');
@@ -527,6 +584,7 @@ export class Vcpu {
     this.#pending = undefined;
     this.#runner.close();
     this.#views.releaseAll();
+    untrack(this);
     native.close(this.#fd);
     this.#fd = -1;
     this.vm.forgetVcpu(this);

@@ -7,6 +7,7 @@ import { ArgumentTypeError, closedError, explain, StateError, UnsupportedError }
 import { GuestMemfd, type GuestMemfdOptions } from './guest-memfd';
 import type { Kvm } from './kvm';
 import { native } from './native';
+import { track, untrack } from './ownership';
 import { Notifier, type GpaRangeEvent } from './notifier';
 import { AttributeMap } from './attribute-map';
 import { GuestMemory } from './guest-memory';
@@ -79,6 +80,7 @@ export class Vm {
     this.kvm = kvm;
     this.#fd = fd;
     this.type = type;
+    track(this, fd);
     this.notifier = new Notifier<GpaRangeEvent<Vm>>(() => this.populatedRanges());
     this.memory = new GuestMemory({
       slotTable: this.slotTable,
@@ -255,8 +257,19 @@ export class Vm {
   /** The conversion engine's view of this VM. @internal */
   #conversionContext(op: string): ConversionContext {
     const vm = this;
+    // The slots each piece was planned on. Listeners are awaited between planning
+    // and the kernel call, so a slot may be removed (and its id reused) meanwhile:
+    // never act on whatever holds the id now.
+    const planned = new Map<number, MemorySlot>();
+    const slotOf = (id: number): MemorySlot => {
+      const slot = planned.get(id);
+      if (!slot || slot.removed || vm.slotTable.get(0, id) !== slot)
+        throw new StateError('ERR_CLOSED', `${op}: slot ${id} was removed while the conversion's listeners ran`);
+      return slot;
+    };
     const backend: ConversionBackend = {
       setAttributes(ranges: readonly GpaRange[], attributes: bigint): void {
+        for (const id of planned.keys()) slotOf(id);
         const triples = new BigUint64Array(ranges.length * 3);
         ranges.forEach((r, i) => {
           triples[3 * i] = r.guestPhysAddr;
@@ -266,7 +279,7 @@ export class Vm {
         native.setMemoryAttributesMany(vm.checkOpen(op), triples);
       },
       discardShared(piece: ConversionPiece): void {
-        const slot = vm.slotTable.get(0, piece.slot)!;
+        const slot = slotOf(piece.slot);
         const file = slot.userspace.file;
         if (file) native.fallocate(file.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, piece.shared.offset, piece.size);
         // Anonymous slot memory is a private mapping: MADV_REMOVE needs a shared one,
@@ -277,11 +290,11 @@ export class Vm {
         // The guest_memfd is its own shared backing: once private, its pages fault
         // with SIGBUS through any mapping. Detach the views over them first (the
         // slot's own mapping stays; vm.memory refuses private ranges).
-        const slot = vm.slotTable.get(0, piece.slot)!;
+        const slot = slotOf(piece.slot);
         slot.guestMemfd!.file.views.releaseOverlapping(piece.private.offset, Number(piece.size));
       },
       discardPrivate(piece: ConversionPiece): void {
-        const slot = vm.slotTable.get(0, piece.slot)!;
+        const slot = slotOf(piece.slot);
         native.fallocate(slot.guestMemfd!.file.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, piece.private.offset, piece.size);
       },
     };
@@ -290,11 +303,11 @@ export class Vm {
       notifier: this.notifier,
       attributes: this.attributes,
       backend,
-      pieces: (range) => this.#conversionPieces(op, range),
+      pieces: (range) => this.#conversionPieces(op, range, planned),
     };
   }
 
-  #conversionPieces(op: string, range: GpaRange): ConversionPiece[] {
+  #conversionPieces(op: string, range: GpaRange, planned: Map<number, MemorySlot>): ConversionPiece[] {
     const gaps: string[] = [];
     const pieces: ConversionPiece[] = [];
     for (const p of this.slotTable.cover(0, range.guestPhysAddr, range.size)) {
@@ -308,6 +321,7 @@ export class Vm {
         gaps.push(`${span} (slot ${p.slot.id} has no guest_memfd)`);
         continue;
       }
+      planned.set(p.slot.id, p.slot);
       const delta = Number(p.guestPhysAddr - p.slot.guestPhysAddr);
       const u = p.slot.userspace;
       const sharedOffset = u.offset + delta;
@@ -446,15 +460,31 @@ export class Vm {
   }
 
   /**
-   * Closes everything this VM created, then the VM fd. Idempotent.
+   * Closes everything this VM created, then the VM fd. Idempotent. Every part is
+   * attempted even if one fails; failures come back together as an AggregateError
+   * (code ERR_CLOSE_INCOMPLETE) after the VM fd is closed.
    */
   close(): void {
     if (this.#fd < 0) return;
-    this.closeChildren();
-    for (const file of [...this.#files]) file.close();
+    const errors: unknown[] = [];
+    const attempt = (fn: () => void) => {
+      try {
+        fn();
+      } catch (e) {
+        errors.push(e);
+      }
+    };
+    for (const vcpu of [...this.#vcpus.values()]) attempt(() => vcpu.close());
+    for (const slot of this.slotTable.all().reverse()) attempt(() => removeSlotSync(this, slot));
+    for (const file of [...this.#files]) attempt(() => file.close());
+    untrack(this);
     native.close(this.#fd);
     this.#fd = -1;
     this.kvm.forgetVm(this);
+    if (errors.length)
+      throw Object.assign(new AggregateError(errors, `vm.close: the VM is closed, but ${errors.length} of its parts failed to close`), {
+        code: 'ERR_CLOSE_INCOMPLETE',
+      });
   }
 
   /**
@@ -504,11 +534,6 @@ export class Vm {
     this.#capCache.delete(cap);
   }
 
-  /** Closes vCPUs, then removes every slot (listeners hear a `'close'` invalidation). @internal */
-  protected closeChildren(): void {
-    for (const vcpu of [...this.#vcpus.values()]) vcpu.close();
-    for (const slot of this.slotTable.all().reverse()) removeSlotSync(this, slot);
-  }
 
   /** Same as `close()`. */
   [Symbol.dispose](): void {

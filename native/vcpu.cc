@@ -146,6 +146,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
       {
         std::lock_guard<std::mutex> lock(kickMu_);
         inRun_ = false;
+        inFlight_ = false;  // a kick from now on has no run to stop
         run_->immediate_exit = 0;
       }
       result_ = err;
@@ -165,6 +166,10 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     if (state_.load(std::memory_order_acquire) != kIdle) {
       Napi::Error::New(info.Env(), "vCPU is already running").ThrowAsJavaScriptException();
       return Napi::Value();
+    }
+    {
+      std::lock_guard<std::mutex> lock(kickMu_);
+      inFlight_ = true;
     }
     state_.store(kPending, std::memory_order_seq_cst);
     requestSeq_.fetch_add(1, std::memory_order_seq_cst);
@@ -204,9 +209,11 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
 
   // kick() -> boolean: make a pending or running KVM_RUN return EINTR.
   Napi::Value Kick(const Napi::CallbackInfo& info) {
-    if (!started_ || closed_ || state_.load(std::memory_order_acquire) == kIdle)
-      return Napi::Boolean::New(info.Env(), false);
+    if (!started_ || closed_) return Napi::Boolean::New(info.Env(), false);
     std::lock_guard<std::mutex> lock(kickMu_);
+    // Only a run that has not finished: after KVM_RUN returns, a kick would linger in
+    // immediate_exit and cut the next run short.
+    if (!inFlight_) return Napi::Boolean::New(info.Env(), false);
     // immediate_exit covers a run that has not entered the guest yet; the signal
     // covers a guest that is already running.
     run_->immediate_exit = 1;
@@ -258,6 +265,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   std::condition_variable cv_;
   std::mutex kickMu_;
   bool inRun_ = false;
+  bool inFlight_ = false;
   std::atomic<int> state_{kIdle};
   std::atomic<uint32_t> requestSeq_{0};
   uint32_t handledSeq_ = 0;

@@ -146,6 +146,21 @@ describe.skipIf(noKvm || !conversionType)(needsKvm(`conversion on the real kerne
     expect(outside.buffer.length).toBe(PAGE);
   });
 
+  test('a slot removed while populate listeners run is never acted on (even if its id is reused)', async () => {
+    using other = Memfd.create('other', { size: 2 * MiB });
+    other.map().buffer.fill(0xaa);
+    const off = vm.notifier.register({
+      async populate() {
+        off();
+        await vm.removeMemorySlot(vm.slots[0]!);
+        vm.addMemorySlot({ guestPhysAddr: 8 * MiB, size: 2 * MiB, userspace: other, slot: 0 });
+      },
+    });
+    await expect(vm.convert(0, PAGE, 'private')).rejects.toMatchObject({ code: 'ERR_CLOSED' });
+    expect(vm.attributes.count).toBe(0);
+    expect(other.map(0, PAGE).buffer[0]).toBe(0xaa);
+  });
+
   test('convertMany applies a batch in one call per direction', async () => {
     const r = await vm.convertMany([
       { guestPhysAddr: 0, size: PAGE, to: 'private' },

@@ -148,6 +148,52 @@ describe('memfd', () => {
     },
   );
 
+  test('while a shrink awaits its listeners, the doomed tail cannot be mapped', async () => {
+    using ram = Memfd.create('t', { size: 4 * 4096 });
+    let during: string | undefined;
+    ram.notifier.register({
+      async invalidateStart() {
+        during = (() => {
+          try {
+            ram.map(2 * 4096, 4096);
+            return 'mapped';
+          } catch (e) {
+            return (e as { code: string }).code;
+          }
+        })();
+      },
+    });
+    await ram.truncate(4096);
+    expect(during).toBe('ERR_OUT_OF_RANGE');
+    expect(ram.size).toBe(4096);
+  });
+
+  test('a memfd dropped without close has its fd closed by the collector', async () => {
+    (await import('node:v8')).setFlagsFromString('--expose-gc');
+    const collect = (await import('node:vm')).runInNewContext('gc') as () => void;
+    const owned = native.ownedFdCount();
+    (() => {
+      for (let i = 0; i < 50; i++) Memfd.create('dropped', { size: 4096 });
+    })();
+    expect(native.ownedFdCount()).toBe(owned + 50);
+    for (let i = 0; i < 20 && native.ownedFdCount() > owned; i++) {
+      collect();
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(native.ownedFdCount()).toBe(owned);
+  });
+
+  test.skipIf(freeHugePages === 0)(
+    `punching a hugetlb memfd under a live view is refused (the reservation would go, SIGBUS next)${freeHugePages === 0 ? ' [skipped: no free 2 MiB huge pages here]' : ''}`,
+    async () => {
+      using huge = Memfd.create('huge', { size: 2 * MiB, hugetlb: '2MB' });
+      const view = huge.map();
+      await expect(huge.punchHole(0, 2 * MiB)).rejects.toMatchObject({ code: 'ERR_IN_USE' });
+      view.unmap();
+      await huge.punchHole(0, 2 * MiB);
+    },
+  );
+
   test('truncating below a live view is refused; after unmap it is allowed', async () => {
     using ram = Memfd.create('t', { size: 4 * 4096 });
     const view = ram.map(2 * 4096, 2 * 4096);

@@ -192,6 +192,48 @@ describe.skipIf(noKvm)(needsKvm('vCPUs and guests on the real kernel'), () => {
     expect((await again).reason).toBe('intr');
   });
 
+  test('register and other vCPU ioctls are refused while run() is in flight (they would block the event loop)', async () => {
+    const vcpu = vm.createVcpu(0);
+    loadRealMode(vcpu, guest.spin());
+    const running = vcpu.run();
+    await new Promise((r) => setTimeout(r, 10));
+    for (const call of [() => vcpu.getRegs(), () => vcpu.setRegs({ rax: 1n }), () => vcpu.getSregs(), () => vcpu.getFpu(), () => vcpu.runSync()])
+      expect(call).toThrow(expect.objectContaining({ code: 'ERR_BUSY' }));
+    vcpu.kick();
+    expect((await running).reason).toBe('intr');
+    expect(() => vcpu.getRegs()).not.toThrow();
+  });
+
+  test('a kick after the run already ended does not cut the next run short', async () => {
+    const vcpu = vm.createVcpu(0);
+    loadRealMode(vcpu, guest.outLoop(PORT));
+    vcpu.setSpin(0, 0); // every exit is delivered through the event loop
+    const first = vcpu.run();
+    await new Promise((r) => setTimeout(r, 20));
+    vcpu.kick(); // the OUT exit has long happened; its delivery may still be queued
+    expect((await first).reason).toBe('io');
+    expect((await vcpu.run()).reason).toBe('io');
+  });
+
+  test('closed vCPUs can be garbage-collected (the runner does not keep them alive)', async () => {
+    (await import('node:v8')).setFlagsFromString('--expose-gc');
+    const collect = (await import('node:vm')).runInNewContext('gc') as () => void;
+    const refs: WeakRef<Vcpu>[] = [];
+    (() => {
+      for (let i = 1; i <= 20; i++) {
+        const v = vm.createVcpu(i);
+        v.close();
+        refs.push(new WeakRef(v));
+      }
+    })();
+    for (let i = 0; i < 10 && refs.some((r) => r.deref()); i++) {
+      collect();
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    // V8 may keep the most recent object alive a little longer through its caches.
+    expect(refs.filter((r) => r.deref()).length).toBeLessThanOrEqual(1);
+  });
+
   test('kick() with nothing running returns false', () => {
     const vcpu = vm.createVcpu(0);
     expect(vcpu.kick()).toBe(false);
@@ -242,6 +284,17 @@ describe.skipIf(noKvm)(needsKvm('vCPUs and guests on the real kernel'), () => {
     const results = await Promise.all(vcpus.map((v) => collectOut(v)));
     expect(results.map((r) => r.last.reason)).toEqual(['hlt', 'hlt', 'hlt', 'hlt']);
     expect([0, 1, 2, 3].map((i) => vm.memory.read(0x20000 + i * 0x100, 1)[0])).toEqual([0x10, 0x11, 0x12, 0x13]);
+  });
+
+  test('register values are validated field by field', () => {
+    const vcpu = vm.createVcpu(0);
+    expect(() => vcpu.setSregs({ cr0: -1n })).toThrow(/vcpu\.setSregs: cr0 -1n is outside/);
+    expect(() => vcpu.setSregs({ cs: { selector: 0x12345 } })).toThrow(/cs\.selector 74565 is outside 0\.\.65535/);
+    expect(() => vcpu.setSregs({ interruptBitmap: [0n, 0n, 0n, 0n, 0n] })).toThrow(/interruptBitmap must be four 64-bit words/);
+    expect(() => vcpu.setFpu({ fcw: 70000 })).toThrow(/fcw 70000 is outside 0\.\.65535/);
+    expect(() => vcpu.setRegs(null as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    vcpu.setFpu({ lastIp: 5 as unknown as bigint });
+    expect(vcpu.getFpu().lastIp).toBe(5n);
   });
 
   test('registers round-trip through getRegs/setRegs, getSregs/setSregs and getFpu/setFpu', () => {
