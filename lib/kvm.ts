@@ -4,7 +4,7 @@
 import { Cap, capName, decodeCapabilities, VmType, type Capabilities, type VmTypeName } from './caps';
 import { closedError, explain, UnsupportedError } from './errors';
 import { native } from './native';
-import { track, untrack } from './ownership';
+import { track, type FdCell } from './ownership';
 import { options as readOptions, oneOf, uint } from './validate';
 import { Vm } from './vm';
 
@@ -33,6 +33,7 @@ export class Kvm {
   /** KVM_GET_API_VERSION (12 on every kernel since 2.6.22). */
   readonly apiVersion: number;
   #fd: number;
+  #fdCell: FdCell;
   readonly #vms = new Set<Vm>();
   #vcpuMmapSize = 0;
 
@@ -40,7 +41,7 @@ export class Kvm {
     this.path = path;
     this.#fd = fd;
     this.apiVersion = apiVersion;
-    track(this, fd);
+    this.#fdCell = track(this, fd);
   }
 
   /**
@@ -146,7 +147,7 @@ export class Kvm {
       } catch (e) {
         errors.push(e);
       }
-    untrack(this);
+    this.#fdCell.fd = -1;
     native.close(this.#fd);
     this.#fd = -1;
     if (errors.length)

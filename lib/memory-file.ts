@@ -5,7 +5,7 @@
  */
 import { ArgumentRangeError, ArgumentTypeError, closedError, explain, StateError } from './errors';
 import { native } from './native';
-import { track, untrack } from './ownership';
+import { track, type FdCell } from './ownership';
 import { MemoryView, ViewSet } from './memory-view';
 import {
   invalidate,
@@ -55,6 +55,7 @@ const statScratch = new Float64Array(5);
  */
 export abstract class MemoryFile {
   #fd: number;
+  #fdCell: FdCell;
   #bindings: Set<FileBinding> | undefined;
   #size: number;
   #disposeWhenUnbound = false;
@@ -67,7 +68,7 @@ export abstract class MemoryFile {
   protected constructor(fd: number, size: number) {
     this.#fd = fd;
     this.#size = size;
-    track(this, fd);
+    this.#fdCell = track(this, fd);
   }
 
   /** Listeners for discards (and populates) of this file's ranges. */
@@ -379,7 +380,7 @@ export abstract class MemoryFile {
 
   #release(): void {
     this.#views?.releaseAll();
-    untrack(this);
+    this.#fdCell.fd = -1;
     native.close(this.#fd);
     this.#fd = -1;
     this.onClosed();

@@ -8,7 +8,7 @@ import { decodeExit, type HypercallExit, type IoExit, type MemoryFaultExit, type
 import type { KvmDtable, KvmSegment } from './guest-code';
 import { MemoryView, ViewSet } from './memory-view';
 import { native, type NativeVcpuRunner } from './native';
-import { track, untrack } from './ownership';
+import { track, type FdCell } from './ownership';
 import { hex, PAGE_SIZE, u64, uint } from './validate';
 import type { Vm } from './vm';
 
@@ -251,6 +251,7 @@ export class Vcpu {
   /** The vCPU id (APIC id). */
   readonly id: number;
   #fd: number;
+  #fdCell: FdCell;
   #runView: MemoryView;
   #run: Buffer;
   #runner: NativeVcpuRunner;
@@ -272,7 +273,7 @@ export class Vcpu {
       throw explain(e, `vm.createVcpu(${id}): mapping kvm_run`);
     }
     this.#run = this.#runView.buffer;
-    track(this, fd);
+    this.#fdCell = track(this, fd);
     try {
       // The runner holds its callback strongly; the callback holds this vCPU weakly,
       // so a forgotten vCPU can still be collected (and its runner stopped).
@@ -283,7 +284,7 @@ export class Vcpu {
       });
     } catch (e) {
       this.#views.releaseAll();
-      untrack(this);
+      this.#fdCell.fd = -1;
       native.close(fd);
       throw explain(e, `vm.createVcpu(${id}): starting its runner`);
     }
@@ -584,7 +585,7 @@ export class Vcpu {
     this.#pending = undefined;
     this.#runner.close();
     this.#views.releaseAll();
-    untrack(this);
+    this.#fdCell.fd = -1;
     native.close(this.#fd);
     this.#fd = -1;
     this.vm.forgetVcpu(this);

@@ -7,7 +7,7 @@ import { ArgumentTypeError, closedError, explain, StateError, UnsupportedError }
 import { GuestMemfd, type GuestMemfdOptions } from './guest-memfd';
 import type { Kvm } from './kvm';
 import { native } from './native';
-import { track, untrack } from './ownership';
+import { track, type FdCell } from './ownership';
 import { Notifier, type GpaRangeEvent } from './notifier';
 import { AttributeMap } from './attribute-map';
 import { GuestMemory } from './guest-memory';
@@ -71,6 +71,7 @@ export class Vm {
   /** @internal */
   readonly slotTable = new SlotTable<MemorySlot>();
   #fd: number;
+  #fdCell: FdCell;
   readonly #files = new Set<GuestMemfd>();
   readonly #capCache = new Map<number, number>();
   readonly #vcpus = new Map<number, Vcpu>();
@@ -80,7 +81,7 @@ export class Vm {
     this.kvm = kvm;
     this.#fd = fd;
     this.type = type;
-    track(this, fd);
+    this.#fdCell = track(this, fd);
     this.notifier = new Notifier<GpaRangeEvent<Vm>>(() => this.populatedRanges());
     this.memory = new GuestMemory({
       slotTable: this.slotTable,
@@ -477,7 +478,7 @@ export class Vm {
     for (const vcpu of [...this.#vcpus.values()]) attempt(() => vcpu.close());
     for (const slot of this.slotTable.all().reverse()) attempt(() => removeSlotSync(this, slot));
     for (const file of [...this.#files]) attempt(() => file.close());
-    untrack(this);
+    this.#fdCell.fd = -1;
     native.close(this.#fd);
     this.#fd = -1;
     this.kvm.forgetVm(this);
