@@ -79,6 +79,18 @@ describe('Notifier (pure)', () => {
     expect(ends).toEqual(['x']);
   });
 
+  test('populate: a veto rolls back exactly the listeners that accepted, then rethrows', async () => {
+    const { populate } = await import('../lib/notifier');
+    const a = new Notifier<string>();
+    const b = new Notifier<string>();
+    const log: string[] = [];
+    a.register({ populate: (e) => void log.push(`a1 populate ${e}`), invalidateStart: (e) => void log.push(`a1 start ${e}`), invalidateEnd: (e) => void log.push(`a1 end ${e}`) });
+    a.register({ invalidateStart: () => void log.push('a2 start (never populated)') });
+    b.register({ populate: () => { throw new Error('no'); }, invalidateStart: () => void log.push('b start') });
+    await expect(populate([[a, 'x'], [b, 'y']])).rejects.toThrow('no');
+    expect(log).toEqual(['a1 populate x', 'a1 start x', 'a1 end x']);
+  });
+
   test('register validates its listener', () => {
     const n = new Notifier<string>();
     expect(() => n.register(null as never)).toThrow(TypeError);
