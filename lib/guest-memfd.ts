@@ -5,6 +5,7 @@ import { GuestMemfdFlag } from './caps';
 import { ArgumentRangeError, StateError } from './errors';
 import { FALLOC_FL_KEEP_SIZE, MemoryFile } from './memory-file';
 import { native } from './native';
+import type { FdCell } from './ownership';
 
 /** Options of `vm.createGuestMemfd`. */
 export interface GuestMemfdOptions {
@@ -19,6 +20,8 @@ export interface GuestMemfdOptions {
 /** The VM side a guest_memfd reports to. @internal */
 export interface GuestMemfdOwner {
   forgetGuestMemfd(file: GuestMemfd): void;
+  /** The owner's fd cell: its finalizer also closes the files it holds. */
+  readonly fdCell: FdCell;
 }
 
 /**
@@ -45,7 +48,7 @@ export class GuestMemfd extends MemoryFile {
 
   /** @internal */
   constructor(owner: GuestMemfdOwner, fd: number, size: number, flags: bigint) {
-    super(fd, size);
+    super(fd, size, owner.fdCell);
     this.owner = owner;
     this.flags = flags;
     this.#fdNumber = fd;

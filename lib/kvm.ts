@@ -4,7 +4,7 @@
 import { Cap, capName, decodeCapabilities, VmType, type Capabilities, type VmTypeName } from './caps';
 import { closedError, explain, UnsupportedError } from './errors';
 import { native } from './native';
-import { track, type FdCell } from './ownership';
+import { closed, track, type FdCell } from './ownership';
 import { options as readOptions, oneOf, uint } from './validate';
 import { Vm } from './vm';
 
@@ -147,7 +147,7 @@ export class Kvm {
       } catch (e) {
         errors.push(e);
       }
-    this.#fdCell.fd = -1;
+    closed(this.#fdCell);
     native.close(this.#fd);
     this.#fd = -1;
     if (errors.length)

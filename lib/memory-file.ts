@@ -5,7 +5,7 @@
  */
 import { ArgumentRangeError, ArgumentTypeError, closedError, explain, StateError } from './errors';
 import { native } from './native';
-import { track, type FdCell } from './ownership';
+import { closed, track, type FdCell } from './ownership';
 import { MemoryView, ViewSet } from './memory-view';
 import {
   invalidate,
@@ -65,10 +65,10 @@ export abstract class MemoryFile {
   #views: ViewSet | undefined;
 
   /** @internal */
-  protected constructor(fd: number, size: number) {
+  protected constructor(fd: number, size: number, parentCell?: FdCell) {
     this.#fd = fd;
     this.#size = size;
-    this.#fdCell = track(this, fd);
+    this.#fdCell = track(this, fd, parentCell);
   }
 
   /** Listeners for discards (and populates) of this file's ranges. */
@@ -380,7 +380,7 @@ export abstract class MemoryFile {
 
   #release(): void {
     this.#views?.releaseAll();
-    this.#fdCell.fd = -1;
+    closed(this.#fdCell);
     native.close(this.#fd);
     this.#fd = -1;
     this.onClosed();

@@ -8,7 +8,7 @@ import { decodeExit, type HypercallExit, type IoExit, type MemoryFaultExit, type
 import type { KvmDtable, KvmSegment } from './guest-code';
 import { MemoryView, ViewSet } from './memory-view';
 import { native, type NativeVcpuRunner } from './native';
-import { track, type FdCell } from './ownership';
+import { closed, track, type FdCell } from './ownership';
 import { hex, PAGE_SIZE, u64, uint } from './validate';
 import type { Vm } from './vm';
 
@@ -284,7 +284,7 @@ export class Vcpu {
       });
     } catch (e) {
       this.#views.releaseAll();
-      this.#fdCell.fd = -1;
+      closed(this.#fdCell);
       native.close(fd);
       throw explain(e, `vm.createVcpu(${id}): starting its runner`);
     }
@@ -585,7 +585,7 @@ export class Vcpu {
     this.#pending = undefined;
     this.#runner.close();
     this.#views.releaseAll();
-    this.#fdCell.fd = -1;
+    closed(this.#fdCell);
     native.close(this.#fd);
     this.#fd = -1;
     this.vm.forgetVcpu(this);

@@ -7,7 +7,7 @@ import { ArgumentTypeError, closedError, explain, StateError, UnsupportedError }
 import { GuestMemfd, type GuestMemfdOptions } from './guest-memfd';
 import type { Kvm } from './kvm';
 import { native } from './native';
-import { track, type FdCell } from './ownership';
+import { closed, track, type FdCell } from './ownership';
 import { Notifier, type GpaRangeEvent } from './notifier';
 import { AttributeMap } from './attribute-map';
 import { GuestMemory } from './guest-memory';
@@ -94,6 +94,11 @@ export class Vm {
         return this.attributes.differing(start, end - start, 0n).filter((r) => r.state === 'private');
       },
     });
+  }
+
+  /** The VM's fd cell, parent of its guest_memfd files' cells. @internal */
+  get fdCell(): FdCell {
+    return this.#fdCell;
   }
 
   /** The VM fd. Throws ERR_CLOSED after close. */
@@ -478,7 +483,7 @@ export class Vm {
     for (const vcpu of [...this.#vcpus.values()]) attempt(() => vcpu.close());
     for (const slot of this.slotTable.all().reverse()) attempt(() => removeSlotSync(this, slot));
     for (const file of [...this.#files]) attempt(() => file.close());
-    this.#fdCell.fd = -1;
+    closed(this.#fdCell);
     native.close(this.#fd);
     this.#fd = -1;
     this.kvm.forgetVm(this);

@@ -131,6 +131,24 @@ describe.skipIf(noKvm)(needsKvm('Kvm and Vm on the real kernel'), () => {
     expect(vm.closed).toBe(true);
   });
 
+  test('a whole setup dropped without close (device, VM, guest_memfds) has its fds closed by the collector', async () => {
+    const { native } = await import('../lib/native');
+    (await import('node:v8')).setFlagsFromString('--expose-gc');
+    const collect = (await import('node:vm')).runInNewContext('gc') as () => void;
+    const owned = native.ownedFdCount();
+    (() => {
+      const kvm = Kvm.open(kvmPath);
+      const vm = kvm.createVm();
+      for (let i = 0; i < 10; i++) vm.createGuestMemfd({ size: 4096 });
+    })();
+    expect(native.ownedFdCount()).toBe(owned + 12);
+    for (let i = 0; i < 20 && native.ownedFdCount() > owned; i++) {
+      collect();
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(native.ownedFdCount()).toBe(owned);
+  });
+
   test('1,000 open/close cycles of Kvm and Vm leave no fd behind', () => {
     const before = openFds();
     for (let i = 0; i < 1000; i++) {
