@@ -82,6 +82,17 @@ async function runOn(kvm, { quick, reps }) {
     })),
   );
 
+  // The batch form: 256 punches per native call.
+  const batch = Array.from({ length: 256 }, (_, i) => [i * 4096, 4096]);
+  results.push(
+    summarize('punch_hole_4k_batch256', 'us/op', (await rounds(reps, quick ? 20 : 200, async (n) => {
+      for (let i = 0; i < n; i++) {
+        for (let p = 0; p < 256; p++) mem[p * 4096] = 1;
+        await gmem.punchHoles(batch);
+      }
+    })).map((v) => v / 256)),
+  );
+
   // Invalidation dispatch: the same punch with 1 and 8 listeners (start + end each).
   for (const listeners of [1, 8]) {
     const offs = [];

@@ -127,6 +127,20 @@ describe.skipIf(noKvm)(needsKvm('guest_memfd'), () => {
     expect(view.buffer[8192]).toBe(0xaa);
   });
 
+  test('punchHoles punches a batch in one call and validates every range first', async () => {
+    const g = mappable();
+    const view = g.map();
+    view.buffer.fill(9, 0, 4 * 4096);
+    await expect(g.punchHoles([[0, 4096], [1, 4096]])).rejects.toThrow(/punchHoles\[1\]: offset 0x1 is not aligned/);
+    expect(view.buffer[0]).toBe(9); // nothing was punched
+    const events: number[] = [];
+    g.notifier.register({ invalidateStart: (e) => void events.push(e.offset) });
+    await g.punchHoles([[0, 4096], [2 * 4096, 4096]]);
+    expect([view.buffer[0], view.buffer[4096], view.buffer[2 * 4096], view.buffer[3 * 4096]]).toEqual([0, 9, 0, 9]);
+    expect(events).toEqual([0, 2 * 4096]);
+    await expect(g.punchHoles('x' as never)).rejects.toMatchObject({ code: 'ERR_INVALID_ARG_TYPE' });
+  });
+
   test('allocate keeps the size and leaves the contents zero', () => {
     const g = mappable();
     g.allocate(0, 64 * 1024);
