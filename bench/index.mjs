@@ -12,7 +12,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.join(here, '..');
 const quick = process.argv.includes('--quick');
 const sharedBench = process.env.GMEM_SHARED_BENCH || path.join(root, '..', 'shared', 'bench');
-const roundsOf = quick ? 1 : 3;
+const roundsOf = quick ? 1 : 5;
 
 function parseLines(text) {
   return text.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));

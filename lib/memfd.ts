@@ -223,6 +223,10 @@ export class Memfd extends MemoryFile {
    * Punching a hugetlb memfd returns its huge pages to the pool; a mapping over the
    * hole would then fault with SIGBUS once another user takes them. @internal
    */
+  protected override get guardsDiscards(): boolean {
+    return this.hugetlb !== undefined;
+  }
+
   protected override checkDiscard(op: string, offset: number, length: number): void {
     if (!this.hugetlb) return;
     for (const v of this.views.reachableRanges())

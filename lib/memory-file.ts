@@ -114,6 +114,11 @@ export abstract class MemoryFile {
    */
   protected checkDiscard(_op: string, _offset: number, _length: number): void {}
 
+  /** True when checkDiscard has something to check (the punch fast path skips it otherwise). @internal */
+  protected get guardsDiscards(): boolean {
+    return false;
+  }
+
   /** Checks that mapping this range cannot SIGBUS, preparing it if needed. @internal */
   protected abstract prepareMap(offset: number, length: number): void;
 
@@ -232,6 +237,28 @@ export abstract class MemoryFile {
    * `invalidateStart` before the punch and `invalidateEnd` after it.
    */
   punchHole(offset: number | bigint, length: number | bigint): Promise<void> {
+    // The common case, checked inline: open, unobserved, plain aligned numbers in range.
+    const g = this.granule;
+    if (
+      this.#fd >= 0 &&
+      typeof offset === 'number' &&
+      typeof length === 'number' &&
+      offset >= 0 &&
+      length > 0 &&
+      offset % g === 0 &&
+      length % g === 0 &&
+      offset + length <= this.size &&
+      Number.isSafeInteger(offset + length) &&
+      !this.guardsDiscards &&
+      this.unobserved
+    ) {
+      try {
+        this.#punch(this.#fd, offset, length);
+        return RESOLVED;
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    }
     const op = `${this.kind}.punchHole`;
     let fd: number, o: number, n: number;
     try {
