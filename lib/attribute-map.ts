@@ -11,6 +11,7 @@
  * @packageDocumentation
  */
 
+import { ArgumentRangeError, ArgumentTypeError } from './errors';
 import { IntervalMap, IntervalMapSnapshot } from './interval-map';
 
 /** The page size KVM_SET_MEMORY_ATTRIBUTES works in: addresses and sizes must be multiples. */
@@ -58,22 +59,7 @@ const PFN_LIMIT = 2 ** 52;
 const ATTRIBUTES_LIMIT = 1n << 64n;
 
 /** An argument error with a Node-style `code`, as the library's other errors have. */
-export type ArgumentError = (TypeError | RangeError) & { code: string };
-
-/**
- * Builds an argument error. Local for now: it will be pointed at the library's shared
- * errors module once that exists.
- */
-function argumentError(
-  Ctor: typeof TypeError | typeof RangeError,
-  code: string,
-  message: string,
-): ArgumentError {
-  const err = new Ctor(message) as ArgumentError;
-  err.code = code;
-  Error.captureStackTrace?.(err, argumentError);
-  return err;
-}
+export type ArgumentError = ArgumentTypeError | ArgumentRangeError;
 
 /** Hex for integers (addresses read best in hex), plain text for anything else. */
 function formatValue(value: number | bigint): string {
@@ -96,29 +82,25 @@ function describeType(value: unknown): string {
 function integerArg(op: string, name: string, value: unknown): bigint {
   if (typeof value === 'bigint') {
     if (value < 0n) {
-      throw argumentError(RangeError, 'ERR_OUT_OF_RANGE', `${op}: ${name} ${formatValue(value)} must not be negative`);
+      throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: ${name} ${formatValue(value)} must not be negative`);
     }
     return value;
   }
   if (typeof value === 'number') {
     if (!Number.isInteger(value)) {
-      throw argumentError(RangeError, 'ERR_OUT_OF_RANGE', `${op}: ${name} ${formatValue(value)} is not an integer`);
+      throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: ${name} ${formatValue(value)} is not an integer`);
     }
     if (value < 0) {
-      throw argumentError(RangeError, 'ERR_OUT_OF_RANGE', `${op}: ${name} ${formatValue(value)} must not be negative`);
+      throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: ${name} ${formatValue(value)} must not be negative`);
     }
     if (!Number.isSafeInteger(value)) {
-      throw argumentError(
-        RangeError,
-        'ERR_OUT_OF_RANGE',
+      throw new ArgumentRangeError('ERR_OUT_OF_RANGE',
         `${op}: ${name} ${formatValue(value)} is above Number.MAX_SAFE_INTEGER and may have been rounded; pass a bigint`,
       );
     }
     return BigInt(value);
   }
-  throw argumentError(
-    TypeError,
-    'ERR_INVALID_ARG_TYPE',
+  throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE',
     `${op}: ${name} must be a number or bigint (received ${describeType(value)})`,
   );
 }
@@ -128,9 +110,7 @@ function addressArg(op: string, name: string, value: unknown, aligned: boolean):
   // Fast path for the common case: a page-aligned safe-integer number.
   if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) {
     if (aligned && value % PAGE_SIZE !== 0) {
-      throw argumentError(
-        RangeError,
-        'ERR_UNALIGNED',
+      throw new ArgumentRangeError('ERR_UNALIGNED',
         `${op}: ${name} ${formatValue(value)} is not page-aligned (${PAGE_SIZE})`,
       );
     }
@@ -138,14 +118,12 @@ function addressArg(op: string, name: string, value: unknown, aligned: boolean):
   }
   const v = integerArg(op, name, value);
   if (v >= ADDRESS_LIMIT) {
-    throw argumentError(
-      RangeError,
-      'ERR_OUT_OF_RANGE',
+    throw new ArgumentRangeError('ERR_OUT_OF_RANGE',
       `${op}: ${name} ${formatValue(v)} is beyond the 64-bit guest physical address space`,
     );
   }
   if (aligned && (v & PAGE_MASK) !== 0n) {
-    throw argumentError(RangeError, 'ERR_UNALIGNED', `${op}: ${name} ${formatValue(v)} is not page-aligned (${PAGE_SIZE})`);
+    throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: ${name} ${formatValue(v)} is not page-aligned (${PAGE_SIZE})`);
   }
   return Number(v >> PAGE_SHIFT);
 }
@@ -163,18 +141,16 @@ function rangeArg(op: string, gpa: unknown, size: unknown): [number, number] {
   }
   const v = integerArg(op, 'size', size);
   if (v === 0n) {
-    throw argumentError(RangeError, 'ERR_OUT_OF_RANGE', `${op}: size 0x0 must be greater than 0`);
+    throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: size 0x0 must be greater than 0`);
   }
   if ((v & PAGE_MASK) !== 0n) {
-    throw argumentError(RangeError, 'ERR_UNALIGNED', `${op}: size ${formatValue(v)} is not page-aligned (${PAGE_SIZE})`);
+    throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: size ${formatValue(v)} is not page-aligned (${PAGE_SIZE})`);
   }
   // Both terms are below 2^53 (start < 2^52; pages <= 2^52 or it is over anyway), so
   // the sum is exact.
   const pages = v > ADDRESS_LIMIT ? Infinity : Number(v >> PAGE_SHIFT);
   if (start + pages > PFN_LIMIT) {
-    throw argumentError(
-      RangeError,
-      'ERR_OUT_OF_RANGE',
+    throw new ArgumentRangeError('ERR_OUT_OF_RANGE',
       `${op}: guestPhysAddr ${formatValue(gpa as number | bigint)} + size ${formatValue(v)} ends beyond 2^64, the end of the guest physical address space`,
     );
   }
@@ -185,7 +161,7 @@ function rangeArg(op: string, gpa: unknown, size: unknown): [number, number] {
 function attributesArg(op: string, value: unknown): bigint {
   const v = integerArg(op, 'attributes', value);
   if (v >= ATTRIBUTES_LIMIT) {
-    throw argumentError(RangeError, 'ERR_OUT_OF_RANGE', `${op}: attributes ${formatValue(v)} does not fit in 64 bits`);
+    throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: attributes ${formatValue(v)} does not fit in 64 bits`);
   }
   return v;
 }
@@ -315,17 +291,15 @@ export class AttributeMap {
       // `to` may be exactly 2^64 (the end of the space), which addressArg refuses.
       const v = integerArg(op, 'to', to);
       if (v > ADDRESS_LIMIT) {
-        throw argumentError(RangeError, 'ERR_OUT_OF_RANGE', `${op}: to ${formatValue(v)} is beyond 2^64`);
+        throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: to ${formatValue(v)} is beyond 2^64`);
       }
       if ((v & PAGE_MASK) !== 0n) {
-        throw argumentError(RangeError, 'ERR_UNALIGNED', `${op}: to ${formatValue(v)} is not page-aligned (${PAGE_SIZE})`);
+        throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: to ${formatValue(v)} is not page-aligned (${PAGE_SIZE})`);
       }
       end = Number(v >> PAGE_SHIFT);
     }
     if (start > end) {
-      throw argumentError(
-        RangeError,
-        'ERR_OUT_OF_RANGE',
+      throw new ArgumentRangeError('ERR_OUT_OF_RANGE',
         `${op}: from ${formatValue(from as number | bigint)} is after to ${formatValue(to as number | bigint)}`,
       );
     }
@@ -397,9 +371,7 @@ export class AttributeMap {
   restore(snapshot: AttributeMapSnapshot): void {
     const data = snapshot instanceof AttributeMapSnapshot ? snapshotInner.get(snapshot) : undefined;
     if (data === undefined || data.owner !== this) {
-      throw argumentError(
-        TypeError,
-        'ERR_INVALID_ARG_VALUE',
+      throw new ArgumentTypeError('ERR_INVALID_ARG_VALUE',
         'attributes.restore: snapshot was not taken from this attribute map',
       );
     }

@@ -3,6 +3,8 @@
  * significant bit first in 64-bit words, as the kernel writes them.
  */
 
+import { ArgumentRangeError } from './errors';
+
 /** A dirty page: its index in the slot and its guest physical address. */
 export interface DirtyPage {
   /** Page index within the slot. */
@@ -34,7 +36,8 @@ export class DirtyBitmap implements Iterable<DirtyPage> {
     this.pages = pages;
     this.pageSize = pageSize;
     this.words = words ?? DirtyBitmap.allocate(pages);
-    if (this.words.length * 64 < pages) throw new RangeError(`DirtyBitmap: ${this.words.length} words cannot hold ${pages} pages`);
+    if (this.words.length * 64 < pages)
+      throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `DirtyBitmap: words (${this.words.length}) cannot hold ${pages} pages`);
   }
 
   /** A zeroed bitmap of the size the kernel expects for `pages` pages. */
@@ -45,7 +48,7 @@ export class DirtyBitmap implements Iterable<DirtyPage> {
   /** True if page `index` is dirty. */
   isDirty(index: number): boolean {
     if (!Number.isInteger(index) || index < 0 || index >= this.pages)
-      throw new RangeError(`DirtyBitmap.isDirty: page index ${index} is outside 0..${this.pages - 1}`);
+      throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `DirtyBitmap.isDirty: index ${index} is outside 0..${this.pages - 1}`);
     return ((this.words[index >>> 6]! >> BigInt(index & 63)) & 1n) === 1n;
   }
 

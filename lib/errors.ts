@@ -4,7 +4,6 @@
  * syscall; a missing capability is {@link UnsupportedError}.
  */
 import { getSystemErrorMap } from 'node:util';
-import { native } from './native';
 
 const errnoTable = getSystemErrorMap();
 // libuv names errno 95 ENOTSUP ("...on socket"); for files and ioctls Linux means
@@ -63,8 +62,6 @@ export class KvmError extends Error {
     this.operation = options.operation;
   }
 }
-
-native.setErrorFactory((errno, syscall, ioctl) => new KvmError({ errno, syscall, ioctl }));
 
 /**
  * Re-issues a native {@link KvmError} with what was asked and, per errno, why the

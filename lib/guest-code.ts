@@ -16,6 +16,8 @@
  * @module
  */
 
+import { ArgumentRangeError, ArgumentTypeError } from './errors';
+
 /**
  * A guest program: machine code and where it wants to run.
  *
@@ -63,9 +65,7 @@ const REAL_MODE_END = 0x10fff0;
 // --- argument checks ---------------------------------------------------------------------------
 
 function outOfRange(what: string, value: number | bigint, rule: string): RangeError {
-  const err = new RangeError(`${what} ${formatHex(value)} is out of range: ${rule}`);
-  (err as RangeError & { code: string }).code = 'ERR_OUT_OF_RANGE';
-  return err;
+  return new ArgumentRangeError('ERR_OUT_OF_RANGE', `${what} ${formatHex(value)} is out of range: ${rule}`);
 }
 
 function formatHex(value: number | bigint): string {
@@ -77,9 +77,7 @@ function formatHex(value: number | bigint): string {
 function toBigInt(what: string, value: number | bigint): bigint {
   if (typeof value === 'bigint') return value;
   if (typeof value === 'number' && Number.isSafeInteger(value)) return BigInt(value);
-  const err = new TypeError(`${what} must be an integer number or a bigint, got ${String(value)}`);
-  (err as TypeError & { code: string }).code = 'ERR_INVALID_ARG_TYPE';
-  throw err;
+  throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${what} must be an integer number or a bigint, got ${String(value)}`);
 }
 
 function checkInt(what: string, value: number | bigint, min: number, max: number): number {
@@ -297,9 +295,7 @@ export interface HypercallOptions extends ProgramOptions {
 function hypercallInstruction(options?: HypercallOptions): number[] {
   const insn = options?.instruction ?? 'vmcall';
   if (insn !== 'vmcall' && insn !== 'vmmcall') {
-    const err = new TypeError(`hypercall instruction must be 'vmcall' or 'vmmcall', got ${String(insn)}`);
-    (err as TypeError & { code: string }).code = 'ERR_INVALID_ARG_VALUE';
-    throw err;
+    throw new ArgumentTypeError('ERR_INVALID_ARG_VALUE', `hypercall instruction must be 'vmcall' or 'vmmcall', got ${String(insn)}`);
   }
   return insn === 'vmcall' ? [0x0f, 0x01, 0xc1] : [0x0f, 0x01, 0xd9];
 }

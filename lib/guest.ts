@@ -3,6 +3,7 @@
  * real mode, and a 64-bit long-mode bootstrap (identity-mapped page tables and a
  * GDT) so guests can address memory above 1 MiB, e.g. a guest_memfd slot at 4 GiB.
  */
+import { ArgumentTypeError } from './errors';
 import { longModeSetup, type GuestProgram, type LongModeSetup } from './guest-code';
 import type { Vcpu } from './vcpu';
 
@@ -15,7 +16,8 @@ import type { Vcpu } from './vcpu';
  * const exit = await vcpu.run(); // { reason: 'io', port: 0x3f8, ... }
  */
 export function loadRealMode(vcpu: Vcpu, program: GuestProgram): void {
-  if (program.mode !== 'real') throw new TypeError(`loadRealMode: ${program.name} is a ${program.mode}-mode program`);
+  if (program.mode !== 'real')
+    throw new ArgumentTypeError('ERR_INVALID_ARG_VALUE', `loadRealMode: program ${program.name} is a ${program.mode}-mode program`);
   vcpu.vm.memory.write(program.loadAddress, program.bytes);
   vcpu.setSregs({ cs: { base: 0n, selector: 0 } });
   vcpu.setRegs({ rip: program.entry, rflags: 2n });
@@ -26,7 +28,8 @@ export function loadRealMode(vcpu: Vcpu, program: GuestProgram): void {
  * cover both) and enters 64-bit mode directly through KVM_SET_SREGS.
  */
 export function loadLongMode(vcpu: Vcpu, program: GuestProgram, setup: LongModeSetup = longModeSetup()): void {
-  if (program.mode !== 'long') throw new TypeError(`loadLongMode: ${program.name} is a ${program.mode}-mode program`);
+  if (program.mode !== 'long')
+    throw new ArgumentTypeError('ERR_INVALID_ARG_VALUE', `loadLongMode: program ${program.name} is a ${program.mode}-mode program`);
   for (const m of setup.memory) vcpu.vm.memory.write(m.gpa, m.bytes);
   vcpu.vm.memory.write(program.loadAddress, program.bytes);
   vcpu.setSregs(setup.sregs);

@@ -23,6 +23,8 @@
  * @packageDocumentation
  */
 
+import { ArgumentRangeError, ArgumentTypeError, StateError } from './errors';
+
 /** One run of the map: the keys `[start, end)` all hold `value`. */
 export interface IntervalEntry<V> {
   /** First key of the run (inclusive). */
@@ -72,23 +74,6 @@ const MAX_NODE_CAPACITY = 4096;
  * grow.
  */
 const LEAF_SLACK = 2;
-
-/** An error carrying a Node-style `code` (ERR_*), as the rest of the library throws. */
-type CodedError<E extends Error> = E & { code: string };
-
-/**
- * Builds an argument error with a `code`. Local on purpose: this module has no
- * dependency on the rest of the library.
- */
-function codedError<E extends Error>(
-  Ctor: new (message: string) => E,
-  code: string,
-  message: string,
-): CodedError<E> {
-  const err = new Ctor(message) as CodedError<E>;
-  err.code = code;
-  return err;
-}
 
 function describeKey(value: unknown): string {
   if (typeof value === 'string') return `type string (${JSON.stringify(value)})`;
@@ -294,17 +279,13 @@ export class IntervalMap<V> {
   constructor(defaultValue: V, options: IntervalMapOptions<V> = {}) {
     const cap = options.nodeCapacity ?? DEFAULT_NODE_CAPACITY;
     if (!Number.isInteger(cap) || cap < MIN_NODE_CAPACITY || cap > MAX_NODE_CAPACITY) {
-      throw codedError(
-        RangeError,
-        'ERR_OUT_OF_RANGE',
+      throw new ArgumentRangeError('ERR_OUT_OF_RANGE',
         `IntervalMap: nodeCapacity ${String(cap)} must be an integer in [${MIN_NODE_CAPACITY}, ${MAX_NODE_CAPACITY}]`,
       );
     }
     const limit = options.limit ?? Number.MAX_SAFE_INTEGER;
     if (!Number.isSafeInteger(limit) || limit < 1) {
-      throw codedError(
-        RangeError,
-        'ERR_OUT_OF_RANGE',
+      throw new ArgumentRangeError('ERR_OUT_OF_RANGE',
         `IntervalMap: limit ${String(limit)} must be a safe integer >= 1`,
       );
     }
@@ -448,9 +429,7 @@ export class IntervalMap<V> {
       ? snapshotData.get(snapshot)
       : undefined) as SnapshotData<V> | undefined;
     if (data === undefined || data.owner !== this) {
-      throw codedError(
-        TypeError,
-        'ERR_INVALID_ARG_VALUE',
+      throw new ArgumentTypeError('ERR_INVALID_ARG_VALUE',
         'IntervalMap.restore: snapshot was not taken from this map',
       );
     }
@@ -1046,9 +1025,7 @@ export class IntervalMap<V> {
 
   private checkVersion(version: number): void {
     if (version !== this.version) {
-      throw codedError(
-        Error,
-        'ERR_INVALID_STATE',
+      throw new StateError('ERR_INVALID_STATE',
         'IntervalMap.ranges: the map was modified during iteration',
       );
     }
@@ -1065,19 +1042,15 @@ export class IntervalMap<V> {
 
   private checkKey(op: string, name: string, x: unknown, max: number): void {
     if (typeof x !== 'number') {
-      throw codedError(
-        TypeError,
-        'ERR_INVALID_ARG_TYPE',
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE',
         `IntervalMap.${op}: ${name} must be a number (received ${describeKey(x)})`,
       );
     }
     if (!Number.isInteger(x)) {
-      throw codedError(RangeError, 'ERR_OUT_OF_RANGE', `IntervalMap.${op}: ${name} ${x} is not an integer`);
+      throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `IntervalMap.${op}: ${name} ${x} is not an integer`);
     }
     if (x < 0 || x > max) {
-      throw codedError(
-        RangeError,
-        'ERR_OUT_OF_RANGE',
+      throw new ArgumentRangeError('ERR_OUT_OF_RANGE',
         `IntervalMap.${op}: ${name} ${x} is outside the key space [0, ${max}]`,
       );
     }
@@ -1091,9 +1064,7 @@ export class IntervalMap<V> {
     this.checkKey(op, startName, start, this.limit);
     this.checkKey(op, endName, end, this.limit);
     if ((start as number) > (end as number)) {
-      throw codedError(
-        RangeError,
-        'ERR_OUT_OF_RANGE',
+      throw new ArgumentRangeError('ERR_OUT_OF_RANGE',
         `IntervalMap.${op}: ${startName} ${start as number} is after ${endName} ${end as number}`,
       );
     }

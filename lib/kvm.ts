@@ -2,7 +2,7 @@
  * The KVM system fd (/dev/kvm).
  */
 import { Cap, capName, decodeCapabilities, VmType, type Capabilities, type VmTypeName } from './caps';
-import { closedError, explain, UnsupportedError } from './errors';
+import { ArgumentTypeError, closedError, explain, UnsupportedError } from './errors';
 import { native } from './native';
 import { closed, track, type FdCell } from './ownership';
 import { options as readOptions, oneOf, uint } from './validate';
@@ -49,7 +49,8 @@ export class Kvm {
    * @param path default `$GMEM_KVM_PATH` or `/dev/kvm`.
    */
   static open(path: string = defaultKvmPath()): Kvm {
-    if (typeof path !== 'string') throw new TypeError(`Kvm.open: path must be a string, got ${typeof path}`);
+    if (typeof path !== 'string')
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `Kvm.open: path must be a string, got ${typeof path}`);
     let fd: number;
     try {
       fd = native.kvmOpen(path);

@@ -7,6 +7,7 @@
  * @internal
  */
 import * as path from 'node:path';
+import { KvmError } from './errors';
 
 /** `[ArrayBuffer, mapping id, address]` as returned by the mapping functions. @internal */
 export type NativeMapping = [ArrayBuffer, number, bigint];
@@ -81,3 +82,6 @@ const load = require('node-gyp-build') as (dir: string) => unknown;
 
 /** The loaded addon (lib/ and dist/ both sit one level below the package root). @internal */
 export const native = load(path.join(__dirname, '..')) as NativeBinding;
+
+// Native code throws kernel failures as KvmError, built here (code, errno, syscall, ioctl).
+native.setErrorFactory((errno, syscall, ioctl) => new KvmError({ errno, syscall, ioctl }));

@@ -12,6 +12,8 @@
  * rolls back and rejects with that error.
  */
 
+import { ArgumentTypeError } from './errors';
+
 /** Why a range is being discarded. */
 export type InvalidationCause =
   | 'punch-hole'
@@ -139,11 +141,14 @@ export class Notifier<E> {
   register(listener: NotifierListener<E>, options?: { replay?: boolean }): Unregister | Promise<Unregister>;
   register(listener: NotifierListener<E>, options?: { replay?: boolean }): Unregister | Promise<Unregister> {
     if (listener === null || typeof listener !== 'object')
-      throw new TypeError('notifier.register: listener must be an object with invalidateStart/invalidateEnd/populate');
+      throw new ArgumentTypeError(
+        'ERR_INVALID_ARG_TYPE',
+        'notifier.register: listener must be an object with invalidateStart/invalidateEnd/populate',
+      );
     for (const key of ['invalidateStart', 'invalidateEnd', 'populate'] as const) {
       const fn = listener[key];
       if (fn !== undefined && typeof fn !== 'function')
-        throw new TypeError(`notifier.register: listener.${key} must be a function`);
+        throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `notifier.register: listener.${key} must be a function`);
     }
     // A copy-on-write array: dispatch iterates a stable snapshot without copying.
     this.#listeners = [...this.#listeners, listener];

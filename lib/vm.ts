@@ -237,10 +237,11 @@ export class Vm {
   async convertMany(
     requests: ReadonlyArray<{ guestPhysAddr: number | bigint; size: number | bigint; to: 'private' | 'shared' }>,
   ): Promise<ConversionResult> {
-    const op = requests.length === 1 ? 'vm.convert' : 'vm.convertMany';
+    const op = Array.isArray(requests) && requests.length === 1 ? 'vm.convert' : 'vm.convertMany';
     this.checkOpen(op);
     this.#conversionSupported(op);
-    if (!Array.isArray(requests)) throw new TypeError(`${op}: requests must be an array`);
+    if (!Array.isArray(requests))
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: requests must be an array of { guestPhysAddr, size, to }`);
     const checked: ConversionRequest[] = requests.map((r, i) => {
       const where = requests.length === 1 ? op : `${op}[${i}]`;
       const req = { guestPhysAddr: u64(r?.guestPhysAddr, where, 'guestPhysAddr'), size: u64(r?.size, where, 'size'), to: r?.to };
