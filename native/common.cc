@@ -70,4 +70,22 @@ bool ArgU32(const Napi::CallbackInfo& info, size_t i, uint32_t* out) {
   return true;
 }
 
+bool ArgTypedArray(const Napi::CallbackInfo& info, size_t i, napi_typedarray_type type, size_t minElements,
+                   Napi::TypedArray* out) {
+  static const char* const names[] = {"Int8Array",    "Uint8Array",    "Uint8ClampedArray", "Int16Array",
+                                      "Uint16Array",  "Int32Array",    "Uint32Array",       "Float32Array",
+                                      "Float64Array", "BigInt64Array", "BigUint64Array"};
+  if (info[i].IsTypedArray()) {
+    Napi::TypedArray array = info[i].As<Napi::TypedArray>();
+    if (array.TypedArrayType() == type && array.ElementLength() >= minElements) {
+      *out = array;
+      return true;
+    }
+  }
+  Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a " + names[type] + " of at least " +
+                                       std::to_string(minElements) + " elements")
+      .ThrowAsJavaScriptException();
+  return false;
+}
+
 }  // namespace gmem

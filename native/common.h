@@ -82,6 +82,9 @@ void AdoptFd(Napi::Env env, int fd);
 bool ArgU64(const Napi::CallbackInfo& info, size_t i, uint64_t* out);
 bool ArgI32(const Napi::CallbackInfo& info, size_t i, int32_t* out);
 bool ArgU32(const Napi::CallbackInfo& info, size_t i, uint32_t* out);
+// A typed array of `type` with at least `minElements` elements.
+bool ArgTypedArray(const Napi::CallbackInfo& info, size_t i, napi_typedarray_type type, size_t minElements,
+                   Napi::TypedArray* out);
 
 }  // namespace gmem
 

@@ -46,14 +46,11 @@ static Napi::Value Ftruncate(const Napi::CallbackInfo& info) {
 static Napi::Value Fstat(const Napi::CallbackInfo& info) {
   int32_t fd;
   if (!ArgI32(info, 0, &fd)) return Napi::Value();
-  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
-      info[1].As<Napi::TypedArray>().ElementLength() < 5) {
-    Napi::TypeError::New(info.Env(), "fstat expects a Float64Array(5)").ThrowAsJavaScriptException();
-    return Napi::Value();
-  }
+  Napi::TypedArray array;
+  if (!ArgTypedArray(info, 1, napi_float64_array, 5, &array)) return Napi::Value();
   struct stat st;
   if (fstat(fd, &st) != 0) return ThrowErrno(info.Env(), errno, "fstat", nullptr);
-  double* out = info[1].As<Napi::Float64Array>().Data();
+  double* out = array.As<Napi::Float64Array>().Data();
   out[0] = static_cast<double>(st.st_size);
   out[1] = static_cast<double>(st.st_blocks);
   out[2] = static_cast<double>(st.st_blksize);

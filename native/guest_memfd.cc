@@ -40,11 +40,9 @@ static Napi::Value CreateGuestMemfd(const Napi::CallbackInfo& info) {
 static Napi::Value FallocateMany(const Napi::CallbackInfo& info) {
   int32_t fd, mode;
   if (!ArgI32(info, 0, &fd) || !ArgI32(info, 1, &mode)) return Napi::Value();
-  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array) {
-    Napi::TypeError::New(info.Env(), "fallocateMany expects a BigUint64Array").ThrowAsJavaScriptException();
-    return Napi::Value();
-  }
-  Napi::BigUint64Array pairs = info[2].As<Napi::BigUint64Array>();
+  Napi::TypedArray array;
+  if (!ArgTypedArray(info, 2, napi_biguint64_array, 0, &array)) return Napi::Value();
+  Napi::BigUint64Array pairs = array.As<Napi::BigUint64Array>();
   size_t n = pairs.ElementLength() / 2;
   for (size_t i = 0; i < n; i++) {
     if (fallocate(fd, mode, static_cast<off_t>(pairs[2 * i]), static_cast<off_t>(pairs[2 * i + 1])) != 0)

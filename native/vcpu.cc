@@ -280,25 +280,13 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   bool hooked_ = false;
 };
 
-static bool ArgBytes(const Napi::CallbackInfo& info, size_t i, size_t size, uint8_t** out) {
-  if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().ByteLength() < size) {
-    Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a typed array of at least " +
-                                         std::to_string(size) + " bytes")
-        .ThrowAsJavaScriptException();
-    return false;
-  }
-  Napi::TypedArray array = info[i].As<Napi::TypedArray>();
-  *out = static_cast<uint8_t*>(array.ArrayBuffer().Data()) + array.ByteOffset();
-  return true;
-}
-
 // Register blocks travel as raw kernel structs; lib/vcpu.ts names the fields.
 template <unsigned long Request, size_t Size>
 static Napi::Value StructIoctl(const Napi::CallbackInfo& info, const char* name) {
   int32_t fd;
-  uint8_t* bytes;
-  if (!ArgI32(info, 0, &fd) || !ArgBytes(info, 1, Size, &bytes)) return Napi::Value();
-  if (ioctl(fd, Request, bytes) != 0) return ThrowErrno(info.Env(), errno, "ioctl", name);
+  Napi::TypedArray bytes;
+  if (!ArgI32(info, 0, &fd) || !ArgTypedArray(info, 1, napi_uint8_array, Size, &bytes)) return Napi::Value();
+  if (ioctl(fd, Request, bytes.As<Napi::Uint8Array>().Data()) != 0) return ThrowErrno(info.Env(), errno, "ioctl", name);
   return info.Env().Undefined();
 }
 

@@ -69,11 +69,9 @@ static Napi::Value SetMemoryAttributes(const Napi::CallbackInfo& info) {
 static Napi::Value SetMemoryAttributesMany(const Napi::CallbackInfo& info) {
   int32_t fd;
   if (!ArgI32(info, 0, &fd)) return Napi::Value();
-  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array) {
-    Napi::TypeError::New(info.Env(), "setMemoryAttributesMany expects a BigUint64Array").ThrowAsJavaScriptException();
-    return Napi::Value();
-  }
-  Napi::BigUint64Array triples = info[1].As<Napi::BigUint64Array>();
+  Napi::TypedArray array;
+  if (!ArgTypedArray(info, 1, napi_biguint64_array, 0, &array)) return Napi::Value();
+  Napi::BigUint64Array triples = array.As<Napi::BigUint64Array>();
   size_t n = triples.ElementLength() / 3;
   for (size_t i = 0; i < n; i++) {
     kvm_memory_attributes attrs = {triples[3 * i], triples[3 * i + 1], triples[3 * i + 2], 0};
@@ -88,11 +86,9 @@ static Napi::Value GetDirtyLog(const Napi::CallbackInfo& info) {
   int32_t fd;
   uint32_t slot;
   if (!ArgI32(info, 0, &fd) || !ArgU32(info, 1, &slot)) return Napi::Value();
-  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array) {
-    Napi::TypeError::New(info.Env(), "getDirtyLog expects a BigUint64Array").ThrowAsJavaScriptException();
-    return Napi::Value();
-  }
-  Napi::BigUint64Array bitmap = info[2].As<Napi::BigUint64Array>();
+  Napi::TypedArray array;
+  if (!ArgTypedArray(info, 2, napi_biguint64_array, 1, &array)) return Napi::Value();
+  Napi::BigUint64Array bitmap = array.As<Napi::BigUint64Array>();
   kvm_dirty_log log;
   memset(&log, 0, sizeof log);
   log.slot = slot;
