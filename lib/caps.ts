@@ -121,6 +121,11 @@ function bitNames(value: bigint, table: Record<string, bigint>): string[] {
   return names;
 }
 
+/** Names of GUEST_MEMFD_FLAG_* bits (`'mmap'`, `'init-shared'`, `bit N` for unknown ones). */
+export function guestMemfdFlagNames(flags: bigint): string[] {
+  return bitNames(flags, { mmap: GuestMemfdFlag.Mmap, 'init-shared': GuestMemfdFlag.InitShared });
+}
+
 /**
  * Guest-memory capabilities as one host (or one VM) reports them. Every field comes
  * from KVM_CHECK_EXTENSION; nothing is inferred from the kernel version.
@@ -168,10 +173,7 @@ export function decodeCapabilities(check: (cap: number) => number): Capabilities
   return {
     userMemory2: ask(Cap.UserMemory2) > 0,
     guestMemfd: ask(Cap.GuestMemfd) > 0,
-    guestMemfdFlags: {
-      raw: gmemFlags,
-      names: bitNames(gmemFlags, { mmap: GuestMemfdFlag.Mmap, 'init-shared': GuestMemfdFlag.InitShared }),
-    },
+    guestMemfdFlags: { raw: gmemFlags, names: guestMemfdFlagNames(gmemFlags) },
     memoryAttributes: { raw: attrs, names: bitNames(attrs, { private: MemoryAttribute.Private }) },
     vmTypes: Object.entries(VmType)
       .filter(([, n]) => (vmTypes >> BigInt(n)) & 1n)

@@ -9,6 +9,7 @@ import type { KvmDtable, KvmSegment } from './guest-code';
 import { MemoryView, ViewSet } from './memory-view';
 import { native, type NativeVcpuRunner } from './native';
 import { closed, track, type FdCell } from './ownership';
+import { enableCapOn } from './enable-cap';
 import { hex, PAGE_SIZE, u64, uint } from './validate';
 import type { Vm } from './vm';
 
@@ -444,13 +445,9 @@ export class Vcpu {
    */
   enableCap(cap: number, args: ReadonlyArray<number | bigint> = [], flags = 0): void {
     const op = 'vcpu.enableCap';
-    const fd = this.#idle(op);
-    const a = [0, 1, 2, 3].map((i) => u64(args[i] ?? 0, op, `args[${i}]`));
-    try {
-      native.enableCap(fd, uint(cap, op, 'cap', 0xffffffff), uint(flags, op, 'flags', 0xffffffff), a[0]!, a[1]!, a[2]!, a[3]!);
-    } catch (e) {
-      throw explain(e, `${op}(${capName(cap)})`);
-    }
+    enableCapOn(this.#idle(op), op, cap, args, flags, {
+      EINVAL: 'the capability or its arguments are not supported by this vCPU',
+    });
   }
 
   #decode(errno: number): VcpuExit {

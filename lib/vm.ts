@@ -2,7 +2,16 @@
  * A KVM virtual machine: its guest_memfd files, memory slots, attribute map,
  * notifier and vCPUs.
  */
-import { Cap, capName, decodeCapabilities, GuestMemfdFlag, type Capabilities, type VmTypeName } from './caps';
+import {
+  Cap,
+  capName,
+  decodeCapabilities,
+  GuestMemfdFlag,
+  guestMemfdFlagNames,
+  MemoryAttribute,
+  type Capabilities,
+  type VmTypeName,
+} from './caps';
 import { ArgumentTypeError, closedError, explain, StateError, UnsupportedError } from './errors';
 import { GuestMemfd, type GuestMemfdOptions } from './guest-memfd';
 import type { Kvm } from './kvm';
@@ -23,6 +32,7 @@ import {
   type UserMemoryRegion2,
 } from './memory-slot';
 import { SlotTable } from './slot-table';
+import { enableCapOn } from './enable-cap';
 import { Vcpu } from './vcpu';
 import {
   checkRequest,
@@ -38,7 +48,6 @@ import {
   type MemoryFault,
 } from './conversion';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from './memory-file';
-import { MemoryAttribute } from './caps';
 import { bool, hex, options as readOptions, pageLength, u64, uint } from './validate';
 
 
@@ -416,7 +425,7 @@ export class Vm {
     if (flags !== 0) {
       const supported = this.cap(Cap.GuestMemfdFlags);
       if ((flags & ~supported) !== 0) {
-        const names = decodeCapabilities((c) => (c === Cap.GuestMemfdFlags ? supported : 0)).guestMemfdFlags.names;
+        const names = guestMemfdFlagNames(BigInt(supported));
         const wanted = [o.mmap && 'mmap', o.initShared && 'initShared'].filter(Boolean).join(' + ');
         const err = new UnsupportedError(capName(Cap.GuestMemfdFlags), BigInt(supported), `guest_memfd flags ${wanted} (${hex(flags)})`);
         err.message += `; supported: ${names.length ? names.join(', ') : 'none'}`;
@@ -531,16 +540,12 @@ export class Vm {
    */
   enableCap(cap: number, args: ReadonlyArray<number | bigint> = [], flags = 0): void {
     const op = 'vm.enableCap';
-    const fd = this.checkOpen(op);
-    const a = [0, 1, 2, 3].map((i) => u64(args[i] ?? 0, op, `args[${i}]`));
-    try {
-      native.enableCap(fd, uint(cap, op, 'cap', 0xffffffff), uint(flags, op, 'flags', 0xffffffff), a[0]!, a[1]!, a[2]!, a[3]!);
-    } catch (e) {
-      throw explain(e, `${op}(${capName(cap)})`, { EINVAL: 'the capability or its arguments are not supported by this VM' });
-    }
+    enableCapOn(this.checkOpen(op), op, cap, args, flags, {
+      EINVAL: 'the capability or its arguments are not supported by this VM',
+    });
+    // Enabling can change what the VM reports for the capability.
     this.#capCache.delete(cap);
   }
-
 
   /** Same as `close()`. */
   [Symbol.dispose](): void {
