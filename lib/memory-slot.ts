@@ -480,7 +480,7 @@ function makeBinding(slot: MemorySlot, fileOffset: number, role: 'userspace' | '
 /** Adds a slot: validate, map, kernel, then record. @internal */
 export function addSlot(vm: Vm, options: MemorySlotOptions): MemorySlot {
   const plan = planSlot(vm, options);
-  const populating = slotDeliveries(vm, plan, 'slot-added');
+  const populating = slotDeliveries(vm, { ...plan, userspace: plannedUserspace(plan) }, 'slot-added');
   if (!quiet(populating)) populateSync(populating);
   const userspace = acquireUserspace(plan);
   try {
@@ -513,26 +513,34 @@ function populateSync(deliveries: readonly Delivery[]): void {
       }
 }
 
+/** What a slot-wide event needs to know: the GPA range and the two backings. @internal */
+interface SlotExtentRef {
+  readonly id: number;
+  readonly guestPhysAddr: bigint;
+  readonly size: bigint;
+  /** The shared backing's file and offset (null file for anonymous memory). */
+  readonly userspace: { readonly file: MemoryFile | null; readonly offset: number };
+  readonly guestMemfd: { readonly file: GuestMemfd; readonly offset: number } | undefined;
+}
+
+/** The userspace file and offset a plan will bind, before anything is mapped. */
+function plannedUserspace(plan: SlotPlan): SlotExtentRef['userspace'] {
+  const u = plan.userspace;
+  if (u instanceof MemoryFile) return { file: u, offset: plan.userspaceOffset };
+  if (u instanceof MemoryView) return { file: u.file as MemoryFile | null, offset: u.offset };
+  return { file: null, offset: 0 };
+}
+
 /** The events of a slot-wide change: the VM's GPA view and each file's view. @internal */
-export function slotDeliveries(
-  vm: Vm,
-  slot: Pick<SlotPlan, 'id' | 'guestPhysAddr' | 'size' | 'guestMemfd'> & {
-    userspace: UserspaceBacking | Readonly<Userspace>;
-    userspaceOffset?: number;
-  },
-  cause: InvalidationCause | 'slot-added',
-): Delivery[] {
+export function slotDeliveries(vm: Vm, slot: SlotExtentRef, cause: InvalidationCause | 'slot-added'): Delivery[] {
   const ranges: BoundRange[] = [{ slot: slot.id, guestPhysAddr: slot.guestPhysAddr, size: slot.size }];
   const out: Delivery[] = [[vm.notifier, { vm, guestPhysAddr: slot.guestPhysAddr, size: slot.size, cause, ranges }]];
-  const u = slot.userspace;
-  const uFile = u instanceof MemoryFile ? u : u instanceof MemoryView ? (u.file as MemoryFile | null) : typeof u === 'object' ? u.file : null;
-  const uOffset = u instanceof MemoryView ? u.offset : typeof u === 'object' && !(u instanceof MemoryFile) ? u.offset : (slot.userspaceOffset ?? 0);
-  if (uFile) out.push([uFile.notifier, { file: uFile, offset: uOffset, length: Number(slot.size), cause, ranges }]);
-  if (slot.guestMemfd && slot.guestMemfd.file !== uFile)
-    out.push([
-      slot.guestMemfd.file.notifier,
-      { file: slot.guestMemfd.file, offset: slot.guestMemfd.offset, length: Number(slot.size), cause, ranges },
-    ]);
+  const { file, offset } = slot.userspace;
+  if (file) out.push([file.notifier, { file, offset, length: Number(slot.size), cause, ranges }]);
+  const g = slot.guestMemfd;
+  // A guest_memfd that is also the shared backing hears the event once.
+  if (g && g.file !== file)
+    out.push([g.file.notifier, { file: g.file, offset: g.offset, length: Number(slot.size), cause, ranges }]);
   return out;
 }
 
@@ -597,8 +605,9 @@ export async function moveSlot(vm: Vm, slot: MemorySlot, newGpa: number | bigint
       'ERR_SLOT_OVERLAP',
       `${op}: GPA range ${range(gpa, slot.size)} overlaps slot ${clash.id} (GPA ${range(clash.guestPhysAddr, clash.size)})`,
     );
-  const target = { ...slot, id: slot.id, guestPhysAddr: gpa, size: slot.size, guestMemfd: slot.guestMemfd, userspace: slot.userspace };
-  await populate(slotDeliveries(vm, target, 'slot-added'));
+  await populate(
+    slotDeliveries(vm, { id: slot.id, guestPhysAddr: gpa, size: slot.size, userspace: slot.userspace, guestMemfd: slot.guestMemfd }, 'slot-added'),
+  );
   const old = slot.guestPhysAddr;
   await invalidate(slotDeliveries(vm, slot, 'slot-removed'), () => {
     const fd = vm.checkOpen(op);
