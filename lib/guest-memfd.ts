@@ -2,7 +2,7 @@
  * guest_memfd: a file of guest memory created by KVM_CREATE_GUEST_MEMFD.
  */
 import { GuestMemfdFlag } from './caps';
-import { ArgumentRangeError, StateError } from './errors';
+import { StateError } from './errors';
 import { FALLOC_FL_KEEP_SIZE, MemoryFile } from './memory-file';
 import { native } from './native';
 import type { FdCell } from './ownership';
@@ -85,7 +85,7 @@ export class GuestMemfd extends MemoryFile {
   }
 
   /** @internal */
-  protected prepareMap(offset: number, length: number): void {
+  protected prepareMap(_offset: number, _length: number): void {
     if (!this.mmapable)
       throw new StateError(
         'ERR_NOT_MAPPABLE',
@@ -96,7 +96,6 @@ export class GuestMemfd extends MemoryFile {
         'ERR_NOT_MAPPABLE',
         `guest_memfd.map: ${this.description} was created without initShared: true; its pages are private and touching a mapping would raise SIGBUS`,
       );
-    if (length <= 0 || offset < 0) throw new ArgumentRangeError('ERR_OUT_OF_RANGE', 'guest_memfd.map: empty range');
   }
 
   /** @internal */

@@ -157,10 +157,20 @@ export abstract class MemoryFile {
     return this.#fd;
   }
 
+  /** The range rule: non-empty, aligned to `granule`, inside the file. */
+  #fits(o: number, n: number, granule: number): boolean {
+    return (
+      Number.isSafeInteger(o) && Number.isSafeInteger(n) && o >= 0 && n > 0 &&
+      o % granule === 0 && n % granule === 0 && o + n <= this.size
+    );
+  }
+
   /** Validates `[offset, offset+length)` against granule and size. @internal */
   protected range(op: string, offset: unknown, length: unknown, granule = this.granule): [number, number] {
     const o = fileNumber(offset, op, 'offset');
     const n = fileNumber(length, op, 'length');
+    if (this.#fits(o, n, granule)) return [o, n];
+    // Otherwise say which part of the rule broke.
     if (o % granule !== 0)
       throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: offset ${hex(o)} is not aligned to ${granule} bytes`);
     if (n === 0) throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: length must be greater than 0`);
@@ -237,18 +247,13 @@ export abstract class MemoryFile {
    * `invalidateStart` before the punch and `invalidateEnd` after it.
    */
   punchHole(offset: number | bigint, length: number | bigint): Promise<void> {
-    // The common case, checked inline: open, unobserved, plain aligned numbers in range.
-    const g = this.granule;
+    // The common case without the general path's allocations: open, unobserved,
+    // plain numbers that pass the same rule range() applies.
     if (
       this.#fd >= 0 &&
       typeof offset === 'number' &&
       typeof length === 'number' &&
-      offset >= 0 &&
-      length > 0 &&
-      offset % g === 0 &&
-      length % g === 0 &&
-      offset + length <= this.size &&
-      Number.isSafeInteger(offset + length) &&
+      this.#fits(offset, length, this.granule) &&
       !this.guardsDiscards &&
       this.unobserved
     ) {

@@ -1,6 +1,7 @@
 /**
  * `gmem probe`: what this host's KVM offers for guest memory.
  */
+import { release } from 'node:os';
 import type { Capabilities } from './caps';
 import { KvmError } from './errors';
 import { Kvm } from './kvm';
@@ -27,7 +28,7 @@ export function probe(path?: string): ProbeReport {
   return {
     path: kvm.path,
     apiVersion: kvm.apiVersion,
-    kernel: (require('node:os') as typeof import('node:os')).release(),
+    kernel: release(),
     system: kvm.capabilities(),
     vm: vm.capabilities(),
   };
