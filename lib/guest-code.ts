@@ -295,7 +295,7 @@ export interface HypercallOptions extends ProgramOptions {
 function hypercallInstruction(options?: HypercallOptions): number[] {
   const insn = options?.instruction ?? 'vmcall';
   if (insn !== 'vmcall' && insn !== 'vmmcall') {
-    throw new ArgumentTypeError('ERR_INVALID_ARG_VALUE', `hypercall instruction must be 'vmcall' or 'vmmcall', got ${String(insn)}`);
+    throw new ArgumentTypeError('ERR_INVALID_ARG_VALUE', `hypercall: options.instruction must be 'vmcall' or 'vmmcall', got ${String(insn)}`);
   }
   return insn === 'vmcall' ? [0x0f, 0x01, 0xc1] : [0x0f, 0x01, 0xd9];
 }

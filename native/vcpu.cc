@@ -111,11 +111,17 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     // function's own, this one stops the thread while that function still exists.
     napi_add_env_cleanup_hook(env, CleanupHook, this);
     hooked_ = true;
-    thread_ = std::thread([this] {
-      // Named so tools (and tests) can tell vCPU threads apart: /proc/self/task/*/comm.
-      pthread_setname_np(pthread_self(), "gmem-vcpu");
-      Loop();
-    });
+    try {
+      thread_ = std::thread([this] {
+        // Named so tools (and tests) can tell vCPU threads apart: /proc/self/task/*/comm.
+        pthread_setname_np(pthread_self(), "gmem-vcpu");
+        Loop();
+      });
+    } catch (...) {
+      // No thread: release the function now (Shutdown only does it for a started one).
+      tsfn_.Release();
+      throw;
+    }
     started_ = true;
   }
 
