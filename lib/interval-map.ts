@@ -222,6 +222,19 @@ export class IntervalMapSnapshot<V> {
 }
 
 /**
+ * Copies `count` entries of `from` (starting at `fromIndex`) into `to` at `toIndex`;
+ * with `clear`, drops the copied values from `from` so they can be collected.
+ */
+function copyEntries<V>(to: Leaf<V>, toIndex: number, from: Leaf<V>, fromIndex: number, count: number, clear: boolean): void {
+  for (let i = 0; i < count; i++) {
+    to.starts[toIndex + i] = from.starts[fromIndex + i]!;
+    to.ends[toIndex + i] = from.ends[fromIndex + i]!;
+    to.values[toIndex + i] = from.values[fromIndex + i];
+    if (clear) from.values[fromIndex + i] = undefined;
+  }
+}
+
+/**
  * Maps half-open integer ranges `[start, end)` to values; every key not covered holds
  * {@link IntervalMap.defaultValue}. Runs are kept canonical: sorted, non-overlapping,
  * touching runs with equal values merged, default-valued runs not stored.
@@ -728,12 +741,7 @@ export class IntervalMap<V> {
   private splitLeaf(leaf: Leaf<V>, mid: number): void {
     const right = new Leaf<V>(this.templates);
     const n = leaf.n;
-    for (let i = mid; i < n; i++) {
-      right.starts[i - mid] = leaf.starts[i]!;
-      right.ends[i - mid] = leaf.ends[i]!;
-      right.values[i - mid] = leaf.values[i];
-      leaf.values[i] = undefined;
-    }
+    copyEntries(right, 0, leaf, mid, n - mid, true);
     right.n = n - mid;
     leaf.n = mid;
     right.next = leaf.next;
@@ -812,11 +820,7 @@ export class IntervalMap<V> {
     const right = parent.children[li + 1] as Leaf<V>;
     const total = left.n + right.n;
     if (total <= this.nodeCapacity) {
-      for (let i = 0; i < right.n; i++) {
-        left.starts[left.n + i] = right.starts[i]!;
-        left.ends[left.n + i] = right.ends[i]!;
-        left.values[left.n + i] = right.values[i];
-      }
+      copyEntries(left, left.n, right, 0, right.n, false);
       left.n = total;
       left.next = right.next;
       if (right.next !== null) right.next.prev = left;
@@ -827,11 +831,7 @@ export class IntervalMap<V> {
     const target = total >> 1;
     if (left.n < target) {
       const k = target - left.n;
-      for (let i = 0; i < k; i++) {
-        left.starts[left.n + i] = right.starts[i]!;
-        left.ends[left.n + i] = right.ends[i]!;
-        left.values[left.n + i] = right.values[i];
-      }
+      copyEntries(left, left.n, right, 0, k, false);
       move(right.starts, 0, k, right.n);
       move(right.ends, 0, k, right.n);
       for (let i = k; i < right.n; i++) right.values[i - k] = right.values[i];
@@ -843,12 +843,7 @@ export class IntervalMap<V> {
       move(right.starts, k, 0, right.n);
       move(right.ends, k, 0, right.n);
       for (let i = right.n - 1; i >= 0; i--) right.values[i + k] = right.values[i];
-      for (let i = 0; i < k; i++) {
-        right.starts[i] = left.starts[target + i]!;
-        right.ends[i] = left.ends[target + i]!;
-        right.values[i] = left.values[target + i];
-        left.values[target + i] = undefined;
-      }
+      copyEntries(right, 0, left, target, k, true);
       left.n -= k;
       right.n += k;
     }
