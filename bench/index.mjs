@@ -104,7 +104,7 @@ async function main() {
     rows.push([op, n.unit, '-', '-', fmt(n.value), '-', '-']);
     json.push({ op, unit: n.unit, node: n.value, nodeMin: n.min, nodeMax: n.max, note: n.note });
   }
-  const { renderTable } = await import('../dist/table.js');
+  const { renderTable } = await import('../dist/tools/table.js');
   const table = renderTable(['op', 'unit', 'C', 'Python', 'Node', 'Node/C', 'Node/Python'], rows);
   console.log(table);
   console.log('\nRatios compare time (Node/C > 1: Node is slower); for GB/s the ratio is C GB/s over Node GB/s.');

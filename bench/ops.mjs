@@ -5,8 +5,8 @@ import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
 const gm = require('../dist/index.js');
-const { AttributeMap } = require('../dist/attribute-map.js');
-const { invalidate } = require('../dist/notifier.js');
+const { AttributeMap } = require('../dist/events/attribute-map.js');
+const { invalidate } = require('../dist/events/notifier.js');
 
 const MiB = 1 << 20;
 const now = () => Number(process.hrtime.bigint()) / 1e9;

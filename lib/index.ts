@@ -2,12 +2,12 @@
  * guest-memfd: drive the real Linux KVM guest memory interfaces from Node.js.
  * @packageDocumentation
  */
-export { Kvm, defaultKvmPath, type CreateVmOptions } from './kvm';
-export { Vm } from './vm';
-export { GuestMemfd, type GuestMemfdOptions } from './guest-memfd';
-export { Memfd, Seal, type SealName, type MemfdOptions, type HugePageSize } from './memfd';
-export { MemoryFile, type FileStat } from './memory-file';
-export { MemoryView } from './memory-view';
+export { Kvm, defaultKvmPath, type CreateVmOptions } from './kvm/kvm';
+export { Vm } from './kvm/vm';
+export { GuestMemfd, type GuestMemfdOptions } from './memory/guest-memfd';
+export { Memfd, Seal, type SealName, type MemfdOptions, type HugePageSize } from './memory/memfd';
+export { MemoryFile, type FileStat } from './memory/memory-file';
+export { MemoryView } from './memory/memory-view';
 export {
   Cap,
   capName,
@@ -18,8 +18,8 @@ export {
   type Capabilities,
   type CapName,
   type VmTypeName,
-} from './caps';
-export { KvmError, UnsupportedError, ArgumentTypeError, ArgumentRangeError, StateError } from './errors';
+} from './core/caps';
+export { KvmError, UnsupportedError, ArgumentTypeError, ArgumentRangeError, StateError } from './core/errors';
 export {
   Notifier,
   type NotifierListener,
@@ -31,8 +31,8 @@ export {
   type InvalidationCause,
   type PopulateCause,
   type ListenerErrorHandler,
-} from './notifier';
-export { PAGE_SIZE } from './validate';
+} from './events/notifier';
+export { PAGE_SIZE } from './core/validate';
 export {
   MemorySlot,
   SlotFlag,
@@ -40,10 +40,10 @@ export {
   type UserMemoryRegion2,
   type UserspaceBacking,
   type SlotDescription,
-} from './memory-slot';
-export { GuestMemory } from './guest-memory';
-export { DirtyBitmap, type DirtyPage } from './dirty-log';
-export { AttributeMap, type AttributeRange, type MemoryState } from './attribute-map';
+} from './memory/memory-slot';
+export { GuestMemory } from './memory/guest-memory';
+export { DirtyBitmap, type DirtyPage } from './memory/dirty-log';
+export { AttributeMap, type AttributeRange, type MemoryState } from './events/attribute-map';
 export {
   createMemoryLayout,
   parseLayout,
@@ -54,15 +54,15 @@ export {
   type LayoutSpec,
   type MemoryMap,
   type MemoryMapEntry,
-} from './layout';
+} from './memory/layout';
 export {
   ConversionError,
   type ConversionResult,
   type ConversionRequest,
   type GpaRange,
   type MemoryFault,
-} from './conversion';
-export { Vcpu, type Regs, type Sregs, type Segment, type Dtable, type Fpu, type RunHandlers, type HandlerResult } from './vcpu';
+} from './events/conversion';
+export { Vcpu, type Regs, type Sregs, type Segment, type Dtable, type Fpu, type RunHandlers, type HandlerResult } from './kvm/vcpu';
 export {
   decodeExit,
   ExitReason,
@@ -73,7 +73,7 @@ export {
   type HypercallExit,
   type MemoryFaultExit,
   type VcpuExitReason,
-} from './exits';
-export { loadRealMode, loadLongMode, loadProgram } from './guest';
-export * as guest from './guest-code';
-export type { GuestProgram, LongModeSetup } from './guest-code';
+} from './kvm/exits';
+export { loadRealMode, loadLongMode, loadProgram } from './guest/loader';
+export * as guest from './guest/programs';
+export type { GuestProgram, LongModeSetup } from './guest/programs';

@@ -7,7 +7,7 @@
  * @internal
  */
 import * as path from 'node:path';
-import { KvmError } from './errors';
+import { KvmError } from './core/errors';
 
 /** `[ArrayBuffer, mapping id, address]` as returned by the mapping functions. @internal */
 export type NativeMapping = [ArrayBuffer, number, bigint];

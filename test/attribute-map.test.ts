@@ -6,7 +6,7 @@ import {
   KVM_MEMORY_ATTRIBUTE_PRIVATE as PRIVATE,
   PAGE_SIZE,
   type AttributeRange,
-} from '../lib/attribute-map';
+} from '../lib/events/attribute-map';
 
 const PAGE = BigInt(PAGE_SIZE);
 const TOP = 1n << 64n;

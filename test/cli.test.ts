@@ -2,9 +2,9 @@
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { describe, expect, test } from 'vitest';
-import { buildCli } from '../lib/cli';
-import { explainProbeFailure, formatProbe, probe } from '../lib/probe';
-import { KvmError } from '../lib/errors';
+import { buildCli } from '../lib/tools/cli';
+import { explainProbeFailure, formatProbe, probe } from '../lib/tools/probe';
+import { KvmError } from '../lib/core/errors';
 import { kvmPath, needsKvm, noKvm } from './helpers';
 
 async function run(args: string[]): Promise<{ out: string; err: string; code: number | undefined }> {
@@ -61,7 +61,7 @@ describe.skipIf(noKvm)(needsKvm('gmem probe on the real kernel'), () => {
   });
 
   test('the built bin runs as a process', () => {
-    const cli = path.join(__dirname, '..', 'dist', 'cli.js');
+    const cli = path.join(__dirname, '..', 'dist', 'tools', 'cli.js');
     const r = spawnSync(process.execPath, [cli, 'probe', '--json', '--device', kvmPath], { encoding: 'utf8' });
     expect(r.status).toBe(0);
     expect(JSON.parse(r.stdout).path).toBe(kvmPath);

@@ -5,8 +5,8 @@
 // the engine's order, idempotence, veto, partial-failure and rollback contracts are checked.
 import { describe, expect, test } from 'vitest';
 import fc from 'fast-check';
-import { AttributeMap } from '../lib/attribute-map';
-import { MemoryAttribute } from '../lib/caps';
+import { AttributeMap } from '../lib/events/attribute-map';
+import { MemoryAttribute } from '../lib/core/caps';
 import {
   ConversionError,
   convertRanges,
@@ -17,9 +17,9 @@ import {
   type ConversionRequest,
   type ConversionResult,
   type GpaRange,
-} from '../lib/conversion';
-import type { ConversionBackend } from '../lib/conversion';
-import { Notifier, type FileRangeEvent, type GpaRangeEvent } from '../lib/notifier';
+} from '../lib/events/conversion';
+import type { ConversionBackend } from '../lib/events/conversion';
+import { Notifier, type FileRangeEvent, type GpaRangeEvent } from '../lib/events/notifier';
 
 const PAGE = 4096n;
 const PRIVATE = MemoryAttribute.Private;

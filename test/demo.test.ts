@@ -1,6 +1,6 @@
 // The README's demo runs end to end on the real kernel.
 import { describe, expect, test } from 'vitest';
-import { runDemo } from '../lib/demo';
+import { runDemo } from '../lib/tools/demo';
 import { needsKvm, noKvm } from './helpers';
 
 describe.skipIf(noKvm)(needsKvm('demo'), () => {

@@ -6,7 +6,7 @@ import {
   KVM_MEMORY_EXIT_FLAG_PRIVATE,
   KvmRunOffset,
   type VcpuExit,
-} from '../lib/exits';
+} from '../lib/kvm/exits';
 
 // x86-64 struct kvm_run, include/uapi/linux/kvm.h.
 const EXIT_REASON = 8;

@@ -17,7 +17,7 @@ import {
   spin,
   touch,
   writePattern,
-} from '../lib/guest-code';
+} from '../lib/guest/programs';
 
 interface Insn {
   offset: number;

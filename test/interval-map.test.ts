@@ -1,7 +1,7 @@
 // Unit and property tests of the B+tree interval map behind vm.attributes.
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { IntervalMap, type IntervalEntry } from '../lib/interval-map';
+import { IntervalMap, type IntervalEntry } from '../lib/events/interval-map';
 
 const entries = <V>(m: IntervalMap<V>): IntervalEntry<V>[] => [...m.ranges()];
 

@@ -104,7 +104,7 @@ describe.skipIf(noKvm)(needsKvm('layouts on the real kernel'), () => {
   });
 
   test('gmem layout runs the example on this host and exits 0', () => {
-    const cli = path.join(__dirname, '..', 'dist', 'cli.js');
+    const cli = path.join(__dirname, '..', 'dist', 'tools', 'cli.js');
     const r = spawnSync(process.execPath, [cli, 'layout', path.join(__dirname, '..', 'examples', 'layout.json'), '--device', kvmPath], {
       encoding: 'utf8',
     });
@@ -115,7 +115,7 @@ describe.skipIf(noKvm)(needsKvm('layouts on the real kernel'), () => {
   });
 
   test('gmem layout reports schema errors with their paths and exits 1', () => {
-    const cli = path.join(__dirname, '..', 'dist', 'cli.js');
+    const cli = path.join(__dirname, '..', 'dist', 'tools', 'cli.js');
     const bad = path.join(require('node:os').tmpdir(), `bad-layout-${process.pid}.json`);
     require('node:fs').writeFileSync(bad, JSON.stringify({ slots: [{ guestPhysAddr: 'x', size: 1 }] }));
     const r = spawnSync(process.execPath, [cli, 'layout', bad, '--device', kvmPath], { encoding: 'utf8' });

@@ -20,7 +20,7 @@ describe('Notifier (pure)', () => {
     const n = new Notifier<number>();
     const seen: number[] = [];
     const off = n.register({ invalidateStart: (e) => void seen.push(e) });
-    const { invalidate } = await import('../lib/notifier');
+    const { invalidate } = await import('../lib/events/notifier');
     await invalidate([[n, 1]], () => undefined);
     off();
     off();
@@ -40,7 +40,7 @@ describe('Notifier (pure)', () => {
       },
       invalidateEnd: () => void log.push('b:end'),
     });
-    const { invalidate } = await import('../lib/notifier');
+    const { invalidate } = await import('../lib/events/notifier');
     await invalidate([[n, 'x']], () => void log.push('op'));
     expect(log).toEqual(['a:start', 'b:start', 'op', 'a:end', 'b:end']);
   });
@@ -51,7 +51,7 @@ describe('Notifier (pure)', () => {
     n.onError = (e, phase) => void errors.push([phase, (e as Error).message]);
     const ends: string[] = [];
     n.register({ invalidateStart: () => { throw new Error('busy'); }, invalidateEnd: () => void ends.push('end') });
-    const { invalidate } = await import('../lib/notifier');
+    const { invalidate } = await import('../lib/events/notifier');
     let ran = false;
     await invalidate([[n, 'x']], () => void (ran = true));
     expect(ran).toBe(true);
@@ -63,7 +63,7 @@ describe('Notifier (pure)', () => {
     const n = new Notifier<string>();
     n.register({ invalidateEnd: () => { throw new Error('oops'); } });
     const warned = new Promise<Error>((resolve) => process.once('warning', resolve));
-    const { invalidate } = await import('../lib/notifier');
+    const { invalidate } = await import('../lib/events/notifier');
     await invalidate([[n, 'x']], () => undefined);
     const w = await warned;
     expect(w.name).toBe('GuestMemfdListenerWarning');
@@ -74,13 +74,13 @@ describe('Notifier (pure)', () => {
     const n = new Notifier<string>();
     const ends: string[] = [];
     n.register({ invalidateEnd: (e) => void ends.push(e) });
-    const { invalidate } = await import('../lib/notifier');
+    const { invalidate } = await import('../lib/events/notifier');
     await expect(invalidate([[n, 'x']], () => { throw new Error('kernel said no'); })).rejects.toThrow('kernel said no');
     expect(ends).toEqual(['x']);
   });
 
   test('populate: a veto rolls back exactly the listeners that accepted, then rethrows', async () => {
-    const { populate } = await import('../lib/notifier');
+    const { populate } = await import('../lib/events/notifier');
     const a = new Notifier<string>();
     const b = new Notifier<string>();
     const log: string[] = [];
@@ -106,7 +106,7 @@ describe('Notifier (pure)', () => {
 
   test('events() yields notifications for for-await and unregisters on break', async () => {
     const n = new Notifier<number>();
-    const { invalidate } = await import('../lib/notifier');
+    const { invalidate } = await import('../lib/events/notifier');
     const got: string[] = [];
     const done = (async () => {
       for await (const ev of n.events()) {

@@ -1,8 +1,8 @@
 // Unit tests of the slot table and dirty bitmap (pure TypeScript).
 import { describe, expect, test } from 'vitest';
 import fc from 'fast-check';
-import { SlotTable, type SlotExtent } from '../lib/slot-table';
-import { DirtyBitmap } from '../lib/dirty-log';
+import { SlotTable, type SlotExtent } from '../lib/memory/slot-table';
+import { DirtyBitmap } from '../lib/memory/dirty-log';
 
 const slot = (id: number, gpa: bigint, size: bigint, addressSpace = 0): SlotExtent => ({ id, addressSpace, guestPhysAddr: gpa, size });
 

@@ -1,7 +1,7 @@
 // Unit tests of argument validation (pure TypeScript, no kernel).
 import { describe, expect, test } from 'vitest';
-import { fileNumber, hex, pageAligned, pageLength, u64, uint, oneOf, bool } from '../lib/validate';
-import { ArgumentRangeError, ArgumentTypeError } from '../lib/errors';
+import { fileNumber, hex, pageAligned, pageLength, u64, uint, oneOf, bool } from '../lib/core/validate';
+import { ArgumentRangeError, ArgumentTypeError } from '../lib/core/errors';
 
 describe('u64', () => {
   test('accepts numbers and bigints up to 2^64-1', () => {

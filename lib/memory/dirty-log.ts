@@ -3,7 +3,7 @@
  * significant bit first in 64-bit words, as the kernel writes them.
  */
 
-import { ArgumentRangeError } from './errors';
+import { ArgumentRangeError } from '../core/errors';
 
 /** A dirty page: its index in the slot and its guest physical address. */
 export interface DirtyPage {

@@ -16,7 +16,7 @@
  * @module
  */
 
-import { ArgumentRangeError, ArgumentTypeError } from './errors';
+import { ArgumentRangeError, ArgumentTypeError } from '../core/errors';
 
 /**
  * A guest program: machine code and where it wants to run.

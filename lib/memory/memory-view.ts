@@ -1,8 +1,8 @@
 /**
  * Zero-copy views over shared mappings of guest memory files.
  */
-import { StateError } from './errors';
-import { native, type NativeMapping } from './native';
+import { StateError } from '../core/errors';
+import { native, type NativeMapping } from '../native';
 
 interface ViewEntry {
   readonly arrayBuffer: WeakRef<ArrayBuffer>;

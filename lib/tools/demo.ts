@@ -3,12 +3,12 @@
  * and a memfd, maps them, writes, punches a hole, and shows what each step did.
  * @internal
  */
-import { Kvm } from './kvm';
-import { loadRealMode } from './guest';
-import * as guest from './guest-code';
-import { Memfd } from './memfd';
+import { Kvm } from '../kvm/kvm';
+import { loadRealMode } from '../guest/loader';
+import * as guest from '../guest/programs';
+import { Memfd } from '../memory/memfd';
 import { explainProbeFailure, formatProbe, probe } from './probe';
-import { defaultKvmPath } from './kvm';
+import { defaultKvmPath } from '../kvm/kvm';
 
 function show(label: string, bytes: Buffer): string {
   return `${label}: ${[...bytes].map((b) => b.toString(16).padStart(2, '0')).join(' ')}`;

@@ -3,13 +3,13 @@
  * memory) and, optionally, a guest_memfd range for private memory
  * (KVM_SET_USER_MEMORY_REGION2).
  */
-import { Cap } from './caps';
+import { Cap } from '../core/caps';
 import { DirtyBitmap } from './dirty-log';
-import { ArgumentRangeError, ArgumentTypeError, explain, StateError } from './errors';
+import { ArgumentRangeError, ArgumentTypeError, explain, StateError } from '../core/errors';
 import { GuestMemfd } from './guest-memfd';
 import { MemoryFile, type FileBinding } from './memory-file';
 import { MemoryView, ViewSet } from './memory-view';
-import { native } from './native';
+import { native } from '../native';
 import {
   invalidate,
   invalidateSync,
@@ -18,9 +18,9 @@ import {
   type BoundRange,
   type Delivery,
   type InvalidationCause,
-} from './notifier';
-import { bool, fileNumber, hex, options as readOptions, PAGE_SIZE, u64, uint } from './validate';
-import type { Vm } from './vm';
+} from '../events/notifier';
+import { bool, fileNumber, hex, options as readOptions, PAGE_SIZE, u64, uint } from '../core/validate';
+import type { Vm } from '../kvm/vm';
 
 /** KVM_MEM_* slot flags. */
 export const SlotFlag = {

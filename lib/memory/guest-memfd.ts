@@ -1,11 +1,11 @@
 /**
  * guest_memfd: a file of guest memory created by KVM_CREATE_GUEST_MEMFD.
  */
-import { GuestMemfdFlag } from './caps';
-import { StateError } from './errors';
+import { GuestMemfdFlag } from '../core/caps';
+import { StateError } from '../core/errors';
 import { FALLOC_FL_KEEP_SIZE, MemoryFile } from './memory-file';
-import { native } from './native';
-import type { FdCell } from './ownership';
+import { native } from '../native';
+import type { FdCell } from '../core/ownership';
 
 /** Options of `vm.createGuestMemfd`. */
 export interface GuestMemfdOptions {

@@ -18,8 +18,8 @@
  * unit tests drive with a plain TypeScript attribute setter.
  */
 import type { AttributeMap } from './attribute-map';
-import { MemoryAttribute } from './caps';
-import { ArgumentRangeError, StateError } from './errors';
+import { MemoryAttribute } from '../core/caps';
+import { ArgumentRangeError, StateError } from '../core/errors';
 import {
   invalidate,
   rollBack,
@@ -29,7 +29,7 @@ import {
   type Notifier,
   type NotifierListener,
 } from './notifier';
-import { hex } from './validate';
+import { hex } from '../core/validate';
 
 /** A guest-physical range. */
 export interface GpaRange {

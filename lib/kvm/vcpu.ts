@@ -2,15 +2,15 @@
  * vCPUs: KVM_CREATE_VCPU, register blocks, and KVM_RUN on a native thread of their
  * own, with every exit decoded into a discriminated union.
  */
-import { Cap, capName, Hypercall } from './caps';
-import { ArgumentRangeError, ArgumentTypeError, closedError, explain, KvmError, StateError, UnsupportedError } from './errors';
+import { Cap, capName, Hypercall } from '../core/caps';
+import { ArgumentRangeError, ArgumentTypeError, closedError, explain, KvmError, StateError, UnsupportedError } from '../core/errors';
 import { decodeExit, type HypercallExit, type IoExit, type MemoryFaultExit, type MmioExit, type VcpuExit } from './exits';
-import type { KvmDtable, KvmSegment } from './guest-code';
-import { MemoryView, ViewSet } from './memory-view';
-import { native, type NativeVcpuRunner } from './native';
-import { closed, track, type FdCell } from './ownership';
+import type { KvmDtable, KvmSegment } from '../guest/programs';
+import { MemoryView, ViewSet } from '../memory/memory-view';
+import { native, type NativeVcpuRunner } from '../native';
+import { closed, track, type FdCell } from '../core/ownership';
 import { enableCapOn } from './enable-cap';
-import { hex, PAGE_SIZE, u64, uint } from './validate';
+import { hex, PAGE_SIZE, u64, uint } from '../core/validate';
 import type { Vm } from './vm';
 
 /** General purpose registers (struct kvm_regs), 64-bit fields as bigint. */

@@ -23,7 +23,7 @@
  * @packageDocumentation
  */
 
-import { ArgumentRangeError, ArgumentTypeError, StateError } from './errors';
+import { ArgumentRangeError, ArgumentTypeError, StateError } from '../core/errors';
 
 /** One run of the map: the keys `[start, end)` all hold `value`. */
 export interface IntervalEntry<V> {

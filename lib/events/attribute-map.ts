@@ -11,7 +11,7 @@
  * @packageDocumentation
  */
 
-import { ArgumentRangeError, ArgumentTypeError } from './errors';
+import { ArgumentRangeError, ArgumentTypeError } from '../core/errors';
 import { IntervalMap, IntervalMapSnapshot } from './interval-map';
 
 /** The page size KVM_SET_MEMORY_ATTRIBUTES works in: addresses and sizes must be multiples. */

@@ -3,9 +3,9 @@
  * real mode, and a 64-bit long-mode bootstrap (identity-mapped page tables and a
  * GDT) so guests can address memory above 1 MiB, e.g. a guest_memfd slot at 4 GiB.
  */
-import { ArgumentTypeError } from './errors';
-import { longModeSetup, type GuestProgram, type LongModeSetup } from './guest-code';
-import type { Vcpu } from './vcpu';
+import { ArgumentTypeError } from '../core/errors';
+import { longModeSetup, type GuestProgram, type LongModeSetup } from './programs';
+import type { Vcpu } from '../kvm/vcpu';
 
 /**
  * Writes a real-mode program at its load address (through `vm.memory`, so a slot

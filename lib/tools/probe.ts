@@ -2,9 +2,9 @@
  * `gmem probe`: what this host's KVM offers for guest memory.
  */
 import { release } from 'node:os';
-import type { Capabilities } from './caps';
-import { KvmError } from './errors';
-import { Kvm } from './kvm';
+import type { Capabilities } from '../core/caps';
+import { KvmError } from '../core/errors';
+import { Kvm } from '../kvm/kvm';
 import { renderTable } from './table';
 
 /** The probe result: system-wide and per default VM answers. */

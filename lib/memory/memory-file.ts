@@ -3,9 +3,9 @@
  * fallocate-based allocation and hole punching, and a notifier that hears about every
  * discard before and after it happens.
  */
-import { ArgumentRangeError, ArgumentTypeError, closedError, explain, StateError } from './errors';
-import { native } from './native';
-import { closed, track, type FdCell } from './ownership';
+import { ArgumentRangeError, ArgumentTypeError, closedError, explain, StateError } from '../core/errors';
+import { native } from '../native';
+import { closed, track, type FdCell } from '../core/ownership';
 import { MemoryView, ViewSet } from './memory-view';
 import {
   invalidate,
@@ -17,8 +17,8 @@ import {
   type FileRangeEvent,
   type GpaRangeEvent,
   type InvalidationCause,
-} from './notifier';
-import { fileNumber, hex } from './validate';
+} from '../events/notifier';
+import { fileNumber, hex } from '../core/validate';
 
 /** fallocate(2) mode bits. @internal */
 export const FALLOC_FL_KEEP_SIZE = 0x01;

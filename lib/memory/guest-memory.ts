@@ -2,10 +2,10 @@
  * Guest-physical memory access for the host: `vm.memory.read/write/view`, through the
  * shared backing's views of each slot.
  */
-import { ArgumentRangeError, ArgumentTypeError, StateError } from './errors';
+import { ArgumentRangeError, ArgumentTypeError, StateError } from '../core/errors';
 import type { MemorySlot } from './memory-slot';
 import type { SlotTable } from './slot-table';
-import { hex, u64 } from './validate';
+import { hex, u64 } from '../core/validate';
 
 /** The VM parts guest memory access needs. @internal */
 export interface GuestMemoryHost {

@@ -12,7 +12,7 @@
  * rolls back and rejects with that error.
  */
 
-import { ArgumentTypeError } from './errors';
+import { ArgumentTypeError } from '../core/errors';
 
 /** Why a range is being discarded. */
 export type InvalidationCause =

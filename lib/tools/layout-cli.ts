@@ -4,8 +4,8 @@
  * @internal
  */
 import { readFileSync } from 'node:fs';
-import { Kvm } from './kvm';
-import { createMemoryLayout, LayoutError, parseLayout } from './layout';
+import { Kvm } from '../kvm/kvm';
+import { createMemoryLayout, LayoutError, parseLayout } from '../memory/layout';
 import { explainProbeFailure } from './probe';
 
 /** Runs the command; returns the exit code. Output goes to stdout/stderr. */

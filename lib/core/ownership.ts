@@ -10,7 +10,7 @@
  * hang off the parent's, whose finalizer closes them too.
  * @internal
  */
-import { native } from './native';
+import { native } from '../native';
 
 /** An owner's fd, or -1 once the owner closed it. @internal */
 export interface FdCell {

@@ -11,15 +11,15 @@ import {
   MemoryAttribute,
   type Capabilities,
   type VmTypeName,
-} from './caps';
-import { ArgumentTypeError, closedError, explain, StateError, UnsupportedError } from './errors';
-import { GuestMemfd, type GuestMemfdOptions } from './guest-memfd';
+} from '../core/caps';
+import { ArgumentTypeError, closedError, explain, StateError, UnsupportedError } from '../core/errors';
+import { GuestMemfd, type GuestMemfdOptions } from '../memory/guest-memfd';
 import type { Kvm } from './kvm';
-import { native } from './native';
-import { closed, track, type FdCell } from './ownership';
-import { Notifier, type GpaRangeEvent } from './notifier';
-import { AttributeMap } from './attribute-map';
-import { GuestMemory } from './guest-memory';
+import { native } from '../native';
+import { closed, track, type FdCell } from '../core/ownership';
+import { Notifier, type GpaRangeEvent } from '../events/notifier';
+import { AttributeMap } from '../events/attribute-map';
+import { GuestMemory } from '../memory/guest-memory';
 import {
   addSlot,
   MemorySlot,
@@ -30,8 +30,8 @@ import {
   removeSlotSync,
   type MemorySlotOptions,
   type UserMemoryRegion2,
-} from './memory-slot';
-import { SlotTable } from './slot-table';
+} from '../memory/memory-slot';
+import { SlotTable } from '../memory/slot-table';
 import { enableCapOn } from './enable-cap';
 import { Vcpu } from './vcpu';
 import {
@@ -46,9 +46,9 @@ import {
   type ConversionResult,
   type GpaRange,
   type MemoryFault,
-} from './conversion';
-import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from './memory-file';
-import { bool, hex, options as readOptions, pageLength, u64, uint } from './validate';
+} from '../events/conversion';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../memory/memory-file';
+import { bool, hex, options as readOptions, pageLength, u64, uint } from '../core/validate';
 
 
 /** madvise(2) advice that frees private anonymous pages. */

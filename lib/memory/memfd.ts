@@ -2,10 +2,10 @@
  * memfd: anonymous shared memory files (memfd_create(2), memfd_secret(2)), the usual
  * shared backing of guest memory slots.
  */
-import { ArgumentRangeError, ArgumentTypeError, explain, StateError } from './errors';
+import { ArgumentRangeError, ArgumentTypeError, explain, StateError } from '../core/errors';
 import { MemoryFile } from './memory-file';
-import { native } from './native';
-import { bool, fileNumber, hex, oneOf, options as readOptions } from './validate';
+import { native } from '../native';
+import { bool, fileNumber, hex, oneOf, options as readOptions } from '../core/validate';
 
 const MFD_ALLOW_SEALING = 0x0002;
 const MFD_HUGETLB = 0x0004;

@@ -4,7 +4,7 @@
  * @internal
  */
 import { ArgumentRangeError, ArgumentTypeError } from './errors';
-import { native } from './native';
+import { native } from '../native';
 
 /** The host page size (4096 on x86-64). */
 export const PAGE_SIZE = native.pageSize;

@@ -3,10 +3,10 @@
  * same error reporting for both.
  * @internal
  */
-import { capName } from './caps';
-import { ArgumentRangeError, explain } from './errors';
-import { native } from './native';
-import { u64, uint } from './validate';
+import { capName } from '../core/caps';
+import { ArgumentRangeError, explain } from '../core/errors';
+import { native } from '../native';
+import { u64, uint } from '../core/validate';
 
 /** Issues KVM_ENABLE_CAP on `fd` after checking every argument. @internal */
 export function enableCapOn(

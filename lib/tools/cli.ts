@@ -6,7 +6,7 @@
  *   gmem layout FILE.json [--json]        build a memory layout, print its map, tear it down
  */
 import { Command } from 'commander';
-import { defaultKvmPath } from './kvm';
+import { defaultKvmPath } from '../kvm/kvm';
 import { runLayoutCommand } from './layout-cli';
 import { explainProbeFailure, formatProbe, probe, probeJson } from './probe';
 
@@ -14,7 +14,7 @@ import { explainProbeFailure, formatProbe, probe, probeJson } from './probe';
 export function buildCli(): Command {
   const program = new Command('gmem')
     .description('Inspect and script Linux KVM guest memory (guest_memfd, memfd, memory slots)')
-    .version((require('../package.json') as { version: string }).version)
+    .version((require('../../package.json') as { version: string }).version)
     .showHelpAfterError();
 
   program

@@ -4,14 +4,14 @@
  * described as a memory map, and torn down in one call.
  */
 import { z } from 'zod';
-import { ArgumentTypeError } from './errors';
+import { ArgumentTypeError } from '../core/errors';
 import type { GuestMemfd } from './guest-memfd';
 import { Memfd, Seal, type SealName } from './memfd';
 import type { MemoryFile } from './memory-file';
 import type { MemorySlot, MemorySlotOptions } from './memory-slot';
-import { renderTable } from './table';
-import { hex } from './validate';
-import type { Vm } from './vm';
+import { renderTable } from '../tools/table';
+import { hex } from '../core/validate';
+import type { Vm } from '../kvm/vm';
 
 const units: Record<string, bigint> = { '': 1n, k: 1n << 10n, kib: 1n << 10n, m: 1n << 20n, mib: 1n << 20n, g: 1n << 30n, gib: 1n << 30n, t: 1n << 40n, tib: 1n << 40n };
 

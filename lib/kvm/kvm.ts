@@ -1,11 +1,11 @@
 /**
  * The KVM system fd (/dev/kvm).
  */
-import { Cap, capName, decodeCapabilities, VmType, type Capabilities, type VmTypeName } from './caps';
-import { ArgumentTypeError, closedError, explain, UnsupportedError } from './errors';
-import { native } from './native';
-import { closed, track, type FdCell } from './ownership';
-import { options as readOptions, oneOf, uint } from './validate';
+import { Cap, capName, decodeCapabilities, VmType, type Capabilities, type VmTypeName } from '../core/caps';
+import { ArgumentTypeError, closedError, explain, UnsupportedError } from '../core/errors';
+import { native } from '../native';
+import { closed, track, type FdCell } from '../core/ownership';
+import { options as readOptions, oneOf, uint } from '../core/validate';
 import { Vm } from './vm';
 
 /** The path `Kvm.open()` uses: `$GMEM_KVM_PATH`, else `/dev/kvm`. */
