@@ -19,7 +19,7 @@ export {
   type CapName,
   type VmTypeName,
 } from './core/caps';
-export { KvmError, UnsupportedError, ArgumentTypeError, ArgumentRangeError, StateError } from './core/errors';
+export { KvmError, UnsupportedError, ArgumentTypeError, ArgumentRangeError, StateError, TimeoutError, AbortError } from './core/errors';
 export {
   Notifier,
   type NotifierListener,
@@ -62,7 +62,7 @@ export {
   type GpaRange,
   type MemoryFault,
 } from './events/conversion';
-export { Vcpu, type Regs, type Sregs, type Segment, type Dtable, type Fpu, type RunHandlers, type HandlerResult } from './kvm/vcpu';
+export { Vcpu, type RunOptions, type Regs, type Sregs, type Segment, type Dtable, type Fpu, type RunHandlers, type HandlerResult } from './kvm/vcpu';
 export {
   decodeExit,
   ExitReason,

@@ -17,7 +17,10 @@ export interface NativeVcpuRunner {
   /** errno when the exit came within the spin window, else undefined (callback later). */
   run(): number | undefined;
   setSpin(callerNs: number, threadNs: number): void;
-  runSync(): number;
+  /** errno, or `runTimedOut` once `timeoutNs` (0: none) passed. */
+  runSync(timeoutNs?: number): number;
+  /** KVM_RUN with immediate_exit: finishes a pending I/O/MMIO/MSR/hypercall exit. Returns errno. */
+  completePending(): number;
   kick(): boolean;
   close(): void;
 }
@@ -64,10 +67,12 @@ export interface NativeBinding {
 
   mapFile(fd: number, offset: number | bigint, length: number | bigint, writable: boolean): NativeMapping;
   mapAnonymous(length: number | bigint): NativeMapping;
-  unmap(id: number, buffer: ArrayBuffer | undefined): boolean;
+  unmap(id: number): boolean;
   madvise(address: bigint, length: number | bigint, advice: number): void;
   mappingCount(): number;
+  reservedMappingCount(): number;
 
+  readonly runTimedOut: number;
   VcpuRunner: new (fd: number, onExit: (errno: number) => void) => NativeVcpuRunner;
   getRegs(fd: number, out: Uint8Array): void;
   setRegs(fd: number, regs: Uint8Array): void;

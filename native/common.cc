@@ -5,6 +5,31 @@
 
 namespace gmem {
 
+void Unref(AddonState* state) {
+  if (--state->refs == 0) delete state;
+}
+
+// Replaces a mapping's file pages with anonymous memory at the same address: the
+// file reference is dropped, the addresses stay valid. MAP_FIXED is safe here: the
+// range is ours until the buffer's finalizer releases it.
+bool Retire(Mapping* m) {
+  if (!m->live) return true;
+  void* r = mmap(m->address, m->length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+  if (r == MAP_FAILED) return false;
+  m->live = false;
+  m->state->liveCount--;
+  return true;
+}
+
+void Release(Mapping* m) {
+  if (m->live) m->state->liveCount--;
+  munmap(m->address, m->length);
+  AddonState* state = m->state;
+  state->mappings.erase(m->id);
+  delete m;
+  Unref(state);
+}
+
 static void CleanupState(void* data) {
   auto* state = static_cast<AddonState*>(data);
   while (!state->stoppers.empty()) {
@@ -12,17 +37,25 @@ static void CleanupState(void* data) {
     state->stoppers.erase(state->stoppers.begin());
     entry.second(entry.first);
   }
-  for (auto& entry : state->mappings) munmap(entry.second.address, entry.second.length);
-  state->mappings.clear();
+  // Node's own cleanup has already finalized the buffers of this environment (and
+  // waited for the threadpool work it started): whatever is left nothing can reach.
+  std::vector<Mapping*> all;
+  for (auto& entry : state->mappings) all.push_back(entry.second);
+  for (Mapping* m : all) Release(m);
   state->fds.drain([](int fd) { close(fd); });
+  state->errorFactory.Reset();
+  state->noop.Reset();
+  state->envGone = true;
+  // Anything asking for the state from here on gets a fresh one, not a dying one.
+  napi_set_instance_data(state->env, nullptr, nullptr, nullptr);
+  Unref(state);
 }
 
 AddonState& State(Napi::Env env) {
   AddonState* state = env.GetInstanceData<AddonState>();
   if (state == nullptr) {
-    // Deliberately never freed: ArrayBuffer finalizers of views may run after the
-    // env cleanup hook and must still find the registry (empty by then).
     state = new AddonState();
+    state->env = env;
     napi_set_instance_data(env, state, nullptr, nullptr);
     napi_add_env_cleanup_hook(env, CleanupState, state);
   }

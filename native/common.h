@@ -45,23 +45,50 @@ class FdSet {
   size_t count_ = 0;
 };
 
+struct AddonState;
+
+// One mapping handed to JavaScript as an external ArrayBuffer. Unmapping from
+// JavaScript (or closing the file) replaces the memory with anonymous zero pages at
+// the same address instead of releasing it: native code outside this addon (the libuv
+// threadpool in crypto, zlib, fs) may still be using a buffer over it, and Node keeps
+// such a buffer reachable until its job is done. The address range goes back to the
+// kernel when V8 frees the buffer's backing store, when nothing can reach it.
 struct Mapping {
   void* address;
   size_t length;
+  uint32_t id;
+  bool live;  // maps its file (or slot memory) for JavaScript; false once unmapped
+  AddonState* state;
 };
 
 // Everything one environment (main thread or worker) owns. The env cleanup hook
 // closes and unmaps whatever the TypeScript owners did not, so a worker that exits
-// without closing leaks nothing; it is a safety net, not the mechanism.
+// without closing leaks nothing; it is a safety net, not the mechanism. The state is
+// freed once the environment is gone and the last buffer finalizer has run.
 struct AddonState {
   Napi::FunctionReference errorFactory;
+  // A function that does nothing: calling it tells whether JS can still run here.
+  Napi::FunctionReference noop;
   // Objects that run threads over mappings (vCPU runners): stopped before any
   // mapping is released, whatever order the environment tears down in.
   std::unordered_map<void*, void (*)(void*)> stoppers;
   FdSet fds;
-  std::unordered_map<uint32_t, Mapping> mappings;
+  std::unordered_map<uint32_t, Mapping*> mappings;
   uint32_t nextMappingId = 1;
+  size_t liveCount = 0;
+  size_t refs = 1;  // the environment, plus one per mapping not yet finalized
+  bool envGone = false;
+  napi_env env = nullptr;
 };
+
+// Replaces a mapping's file pages with anonymous memory at the same address.
+bool Retire(Mapping* m);
+
+// Returns the address range to the kernel and forgets the record (its buffer is gone).
+void Release(Mapping* m);
+
+// Drops one reference; frees the state at zero.
+void Unref(AddonState* state);
 
 AddonState& State(Napi::Env env);
 

@@ -8,14 +8,8 @@
 
 namespace gmem {
 
-static void FinalizeMapping(napi_env env, void* /*data*/, void* hint) {
-  // The ArrayBuffer was collected without unmap(): release the mapping it viewed.
-  AddonState& state = State(Napi::Env(env));
-  auto it = state.mappings.find(static_cast<uint32_t>(reinterpret_cast<uintptr_t>(hint)));
-  if (it == state.mappings.end()) return;
-  munmap(it->second.address, it->second.length);
-  state.mappings.erase(it);
-}
+// V8 freed the buffer's backing store: nothing can reach the memory any more.
+static void FinalizeMapping(napi_env /*env*/, void* /*data*/, void* hint) { Release(static_cast<Mapping*>(hint)); }
 
 // Wraps a fresh mapping into [ArrayBuffer, id, address]. On failure the mapping is
 // released here, so no path leaves it without an owner.
@@ -23,16 +17,18 @@ static Napi::Value Adopt(Napi::Env env, void* address, size_t length) {
   AddonState& state = State(env);
   uint32_t id = state.nextMappingId++;
   if (state.nextMappingId == 0) state.nextMappingId = 1;
-  state.mappings[id] = Mapping{address, length};
+  auto* m = new Mapping{address, length, id, true, &state};
   napi_value ab;
-  napi_status status = napi_create_external_arraybuffer(env, address, length, FinalizeMapping,
-                                                        reinterpret_cast<void*>(static_cast<uintptr_t>(id)), &ab);
+  napi_status status = napi_create_external_arraybuffer(env, address, length, FinalizeMapping, m, &ab);
   if (status != napi_ok) {
-    state.mappings.erase(id);
     munmap(address, length);
+    delete m;
     Napi::Error::New(env, "cannot create an external ArrayBuffer for the mapping").ThrowAsJavaScriptException();
     return Napi::Value();
   }
+  state.mappings[id] = m;
+  state.liveCount++;
+  state.refs++;
   Napi::Array result = Napi::Array::New(env, 3);
   result.Set(0u, Napi::Value(env, ab));
   result.Set(1u, Napi::Number::New(env, id));
@@ -61,23 +57,16 @@ static Napi::Value MapAnonymous(const Napi::CallbackInfo& info) {
   return Adopt(info.Env(), address, length);
 }
 
-// unmap(id, arrayBuffer) -> boolean: detach, then munmap. False if already gone.
+// unmap(id) -> boolean: the memory under the buffer becomes anonymous zero pages
+// (the file is no longer referenced, nothing through the buffer reaches it); the
+// range is released with the buffer. False if already unmapped.
 static Napi::Value Unmap(const Napi::CallbackInfo& info) {
   uint32_t id;
   if (!ArgU32(info, 0, &id)) return Napi::Value();
   AddonState& state = State(info.Env());
   auto it = state.mappings.find(id);
-  if (it == state.mappings.end()) return Napi::Boolean::New(info.Env(), false);
-  if (info[1].IsArrayBuffer()) {
-    // Detach before munmap: after this every Buffer over it has length 0.
-    napi_status status = napi_detach_arraybuffer(info.Env(), info[1]);
-    if (status != napi_ok) {
-      Napi::Error::New(info.Env(), "cannot detach the mapping's ArrayBuffer").ThrowAsJavaScriptException();
-      return Napi::Value();
-    }
-  }
-  munmap(it->second.address, it->second.length);
-  state.mappings.erase(it);
+  if (it == state.mappings.end() || !it->second->live) return Napi::Boolean::New(info.Env(), false);
+  if (!Retire(it->second)) return ThrowErrno(info.Env(), errno, "mmap", nullptr);
   return Napi::Boolean::New(info.Env(), true);
 }
 
@@ -91,8 +80,18 @@ static Napi::Value Madvise(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// mappingCount() -> mappings that still map their file or anonymous memory for
+// JavaScript (unmapped ones waiting for their buffer's collection are not counted).
 static Napi::Value MappingCount(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), static_cast<double>(State(info.Env()).mappings.size()));
+  return Napi::Number::New(info.Env(), static_cast<double>(State(info.Env()).liveCount));
+}
+
+// reservedMappingCount() -> unmapped ranges kept until their buffers are collected.
+static Napi::Value ReservedMappingCount(const Napi::CallbackInfo& info) {
+  size_t n = 0;
+  for (auto& entry : State(info.Env()).mappings)
+    if (!entry.second->live) n++;
+  return Napi::Number::New(info.Env(), static_cast<double>(n));
 }
 
 void InitMapping(Napi::Env env, Napi::Object exports) {
@@ -101,6 +100,7 @@ void InitMapping(Napi::Env env, Napi::Object exports) {
   exports.Set("unmap", Napi::Function::New(env, Unmap, "unmap"));
   exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
   exports.Set("mappingCount", Napi::Function::New(env, MappingCount, "mappingCount"));
+  exports.Set("reservedMappingCount", Napi::Function::New(env, ReservedMappingCount, "reservedMappingCount"));
 }
 
 }  // namespace gmem

@@ -144,3 +144,31 @@ export class StateError extends Error {
 export function closedError(what: string, operation: string): StateError {
   return new StateError('ERR_CLOSED', `${operation}: ${what} is closed`);
 }
+
+/**
+ * A vCPU run did not end within its `timeoutMs`: the vCPU was kicked (the guest
+ * stopped where it was, resumable) and the call rejected. The vCPU stays usable.
+ */
+export class TimeoutError extends Error {
+  /** Always `'ERR_TIMEOUT'`. */
+  readonly code = 'ERR_TIMEOUT';
+  /** The time limit that expired, in milliseconds. */
+  readonly timeoutMs: number;
+  /** `operation` names the call, e.g. `'vcpu.run'`. */
+  constructor(operation: string, timeoutMs: number) {
+    super(`${operation}: the guest did not exit within timeoutMs ${timeoutMs}; the vCPU was kicked and can run again`);
+    this.name = 'TimeoutError';
+    this.timeoutMs = timeoutMs;
+  }
+}
+
+/** A vCPU run stopped by its AbortSignal (Node's `AbortError` shape: code `'ABORT_ERR'`, the signal's reason as `cause`). */
+export class AbortError extends Error {
+  /** Always `'ABORT_ERR'`, as Node's own abortable APIs use. */
+  readonly code = 'ABORT_ERR';
+  /** `operation` names the call; `reason` is the signal's reason. */
+  constructor(operation: string, reason: unknown) {
+    super(`${operation}: aborted${reason instanceof Error ? `: ${reason.message}` : reason !== undefined ? `: ${String(reason)}` : ''}`, { cause: reason });
+    this.name = 'AbortError';
+  }
+}

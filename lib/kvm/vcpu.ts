@@ -3,7 +3,7 @@
  * own, with every exit decoded into a discriminated union.
  */
 import { Cap, capName, Hypercall } from '../core/caps';
-import { ArgumentRangeError, ArgumentTypeError, closedError, explain, KvmError, StateError, UnsupportedError } from '../core/errors';
+import { AbortError, ArgumentRangeError, ArgumentTypeError, closedError, explain, KvmError, StateError, TimeoutError, UnsupportedError } from '../core/errors';
 import { decodeExit, type HypercallExit, type IoExit, type MemoryFaultExit, type MmioExit, type VcpuExit } from './exits';
 import type { KvmDtable, KvmSegment } from '../guest/programs';
 import { MemoryView, ViewSet } from '../memory/memory-view';
@@ -124,8 +124,16 @@ export interface Fpu {
 /** What an exit handler returns: `'stop'` ends `runUntil`, anything else resumes. */
 export type HandlerResult = void | 'stop' | Promise<void | 'stop'>;
 
+/** Options of {@link Vcpu.run} (and, for the whole loop, {@link Vcpu.runUntil}). */
+export interface RunOptions {
+  /** Aborting kicks the vCPU; the call rejects with an {@link AbortError} (code `'ABORT_ERR'`). */
+  signal?: AbortSignal;
+  /** After this many milliseconds the vCPU is kicked and the call rejects with a {@link TimeoutError}. */
+  timeoutMs?: number;
+}
+
 /** Handlers for {@link Vcpu.runUntil}. */
-export interface RunHandlers {
+export interface RunHandlers extends RunOptions {
   /** Port I/O. Fill `exit.data` for IN. Without a handler, the loop stops at it. */
   io?(exit: IoExit): HandlerResult;
   /** MMIO (an access to an unmapped or read-only GPA). Without a handler, the loop stops at it. */
@@ -143,6 +151,8 @@ export interface RunHandlers {
   maxExits?: number;
 }
 
+const NO_CLEANUP = (): void => {};
+
 const regNames = [
   'rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rsp', 'rbp',
   'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rip', 'rflags',
@@ -152,6 +162,46 @@ const SREGS_SIZE = 312;
 const FPU_SIZE = 416;
 /** KVM_MAP_GPA_RANGE_ENCRYPTED: the guest asks for private memory. */
 const MAP_GPA_RANGE_ENCRYPTED = 1n << 4n;
+const EINTR = 4;
+/** setTimeout's limit (2^31-1 ms). */
+const MAX_TIMEOUT_MS = 0x7fffffff;
+/**
+ * Exits whose instruction KVM finishes on the next KVM_RUN (KVM_EXIT_IO, _HYPERCALL,
+ * _MMIO, _X86_RDMSR, _X86_WRMSR): the vCPU's state must not be replaced before that.
+ */
+const COMPLETED_ON_NEXT_RUN = new Set([2, 3, 6, 29, 30]);
+
+/** Validates `{ signal, timeoutMs }`. @internal */
+export function runOptions(op: string, options: unknown): RunOptions {
+  if (options === undefined) return {};
+  if (options === null || typeof options !== 'object')
+    throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: options must be an object, got ${options === null ? 'null' : typeof options}`);
+  const o = options as RunOptions;
+  const out: RunOptions = {};
+  if (o.signal !== undefined) {
+    if (!(o.signal instanceof AbortSignal))
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: options.signal must be an AbortSignal`);
+    out.signal = o.signal;
+  }
+  if (o.timeoutMs !== undefined) {
+    if (typeof o.timeoutMs !== 'number' || Number.isNaN(o.timeoutMs))
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: options.timeoutMs must be a number of milliseconds, got ${typeof o.timeoutMs}`);
+    if (!(o.timeoutMs > 0) || o.timeoutMs > MAX_TIMEOUT_MS)
+      throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: options.timeoutMs ${o.timeoutMs} is outside (0, ${MAX_TIMEOUT_MS}]`);
+    out.timeoutMs = o.timeoutMs;
+  }
+  return out;
+}
+
+/** A run in flight on the vCPU thread. */
+interface PendingRun {
+  resolve(exit: VcpuExit): void;
+  reject(error: unknown): void;
+  /** Set when the run was kicked for a timeout or an abort: an `intr` exit rejects with it. */
+  stop: Error | undefined;
+  /** Clears the timer and the abort listener. */
+  cleanup(): void;
+}
 
 function readSegment(b: Buffer, o: number): Segment {
   return {
@@ -256,7 +306,8 @@ export class Vcpu {
   #runView: MemoryView;
   #run: Buffer;
   #runner: NativeVcpuRunner;
-  #pending: { resolve(exit: VcpuExit): void; reject(error: unknown): void } | undefined;
+  #pending: PendingRun | undefined;
+  #needsCompletion = false;
   readonly #regs = Buffer.alloc(144);
   readonly #sregs = Buffer.alloc(SREGS_SIZE);
   readonly #views: ViewSet;
@@ -342,7 +393,33 @@ export class Vcpu {
     return fd;
   }
 
-  /** KVM_GET_REGS. */
+  /**
+   * Like #idle, for calls that replace vCPU state. After an I/O, MMIO, MSR or
+   * hypercall exit the kernel finishes the instruction on the next KVM_RUN, on
+   * whatever state the vCPU has then: finish it now (KVM_RUN with immediate_exit, the
+   * guest runs no further), so new registers are not corrupted by the old instruction.
+   */
+  #mutating(op: string): number {
+    const fd = this.#idle(op);
+    if (!this.#needsCompletion) return fd;
+    const errno = this.#runner.completePending();
+    this.#needsCompletion = false;
+    if (errno === EINTR) return fd;
+    if (errno !== 0)
+      throw explain(new KvmError({ errno, syscall: 'ioctl', ioctl: 'KVM_RUN' }), `${op}: completing the previous exit`);
+    // The instruction went on to another exit (string I/O that needs more rounds).
+    const exit = decodeExit(this.#run, 0);
+    this.#needsCompletion = COMPLETED_ON_NEXT_RUN.has(exit.rawReason);
+    throw Object.assign(
+      new StateError(
+        'ERR_BUSY',
+        `${op}: the instruction of the previous exit is not finished (it exited again with '${exit.reason}'); handle that exit (see error.exit) and run the vCPU before replacing its state`,
+      ),
+      { exit },
+    );
+  }
+
+  /** KVM_GET_REGS. After an I/O or MMIO exit, the instruction it stopped on is not yet finished. */
   getRegs(): Regs {
     const fd = this.#idle('vcpu.getRegs');
     native.getRegs(fd, this.#regs);
@@ -354,7 +431,7 @@ export class Vcpu {
   /** KVM_SET_REGS. Fields not given keep their current values. */
   setRegs(regs: Partial<Regs>): void {
     const op = 'vcpu.setRegs';
-    const fd = this.#idle(op);
+    const fd = this.#mutating(op);
     if (regs === null || typeof regs !== 'object')
       throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: regs must be an object`);
     native.getRegs(fd, this.#regs);
@@ -379,7 +456,7 @@ export class Vcpu {
   /** KVM_SET_SREGS. Fields not given keep their current values (segments merge field by field). */
   setSregs(sregs: Partial<{ [K in keyof Sregs]: Sregs[K] extends object ? Partial<Sregs[K]> : Sregs[K] }>): void {
     const op = 'vcpu.setSregs';
-    const fd = this.#idle(op);
+    const fd = this.#mutating(op);
     if (sregs === null || typeof sregs !== 'object')
       throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: sregs must be an object`);
     native.getSregs(fd, this.#sregs);
@@ -416,7 +493,7 @@ export class Vcpu {
   /** KVM_SET_FPU. Fields not given keep their current values. */
   setFpu(fpu: Partial<Fpu>): void {
     const op = 'vcpu.setFpu';
-    const fd = this.#idle(op);
+    const fd = this.#mutating(op);
     if (fpu === null || typeof fpu !== 'object') throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: fpu must be an object`);
     const f = { ...this.getFpu(), ...fpu };
     for (const [k, max] of [['fcw', 0xffff], ['fsw', 0xffff], ['ftwx', 0xff], ['lastOpcode', 0xffff], ['mxcsr', 0xffffffff]] as const)
@@ -450,12 +527,21 @@ export class Vcpu {
     });
   }
 
-  #decode(errno: number): VcpuExit {
+  #decode(errno: number, op: string): VcpuExit {
     const exit = decodeExit(this.#run, errno);
-    if (exit.reason === 'error') throw explain(new KvmError({ errno, syscall: 'ioctl', ioctl: 'KVM_RUN' }), `vcpu ${this.id} run`, {
-      EFAULT: 'the guest touched memory whose userspace mapping is gone or inaccessible',
-      ENOEXEC: 'the vCPU state is invalid for running',
-    });
+    this.#needsCompletion = COMPLETED_ON_NEXT_RUN.has(exit.rawReason) && errno === 0;
+    if (exit.reason === 'error') {
+      this.#needsCompletion = false;
+      throw explain(new KvmError({ errno, syscall: 'ioctl', ioctl: 'KVM_RUN' }), `${op} (vCPU ${this.id})`, {
+        EFAULT: 'the guest touched memory whose userspace mapping is gone or inaccessible',
+        ENOEXEC: 'the vCPU state is invalid for running',
+        ENOSPC:
+          this.vm.slots.length === 0
+            ? 'the VM has no memory slot; add one covering the guest\'s code (vm.addMemorySlot) before running'
+            : 'the kernel has no room for the guest\'s page tables or memory state',
+        EINVAL: 'the vCPU state is invalid for running (registers, segments or CPUID inconsistent)',
+      });
+    }
     return exit;
   }
 
@@ -463,44 +549,89 @@ export class Vcpu {
     const pending = this.#pending;
     this.#pending = undefined;
     if (!pending) return;
+    pending.cleanup();
     if (this.#fd < 0) {
       pending.reject(closedError(`vCPU ${this.id}`, 'vcpu.run'));
       return;
     }
+    let exit: VcpuExit;
     try {
-      pending.resolve(this.#decode(errno));
+      exit = this.#decode(errno, 'vcpu.run');
     } catch (e) {
       pending.reject(e);
+      return;
     }
+    // Stopped for a timeout or an abort (not an exit of the guest's own): say so.
+    if (pending.stop && exit.reason === 'intr') pending.reject(pending.stop);
+    else pending.resolve(exit);
   }
 
   /**
    * KVM_RUN on the vCPU's own thread. Resolves with the decoded exit; the event loop
    * keeps running meanwhile. `kick()` makes it return promptly with an `intr` exit.
+   * With `timeoutMs` or `signal`, the vCPU is kicked when the time is up (or the
+   * signal aborts) and the promise rejects with a {@link TimeoutError} (or an
+   * {@link AbortError}); the guest is stopped where it was and can run again.
    */
-  run(): Promise<VcpuExit> {
-    if (this.#fd < 0) return Promise.reject(closedError(`vCPU ${this.id}`, 'vcpu.run'));
-    if (this.#pending) return Promise.reject(new StateError('ERR_BUSY', `vcpu.run: vCPU ${this.id} is already running`));
+  run(options?: RunOptions): Promise<VcpuExit> {
+    const op = 'vcpu.run';
+    let o: RunOptions;
+    try {
+      o = runOptions(op, options);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (this.#fd < 0) return Promise.reject(closedError(`vCPU ${this.id}`, op));
+    if (this.#pending) return Promise.reject(new StateError('ERR_BUSY', `${op}: vCPU ${this.id} is already running`));
+    const signal = o.signal;
+    if (signal?.aborted) return Promise.reject(new AbortError(op, signal.reason));
     const errno = this.#runner.run();
     if (errno !== undefined) {
       // The exit arrived within the hand-off spin window.
       try {
-        return Promise.resolve(this.#decode(errno));
+        return Promise.resolve(this.#decode(errno, op));
       } catch (e) {
         return Promise.reject(e);
       }
     }
     return new Promise<VcpuExit>((resolve, reject) => {
-      this.#pending = { resolve, reject };
+      const pending: PendingRun = { resolve, reject, stop: undefined, cleanup: NO_CLEANUP };
+      if (o.timeoutMs !== undefined || signal) {
+        const stop = (error: Error) => {
+          if (pending.stop || this.#pending !== pending) return;
+          pending.stop = error;
+          this.#runner.kick();
+        };
+        const timer = o.timeoutMs !== undefined ? setTimeout(() => stop(new TimeoutError(op, o.timeoutMs!)), o.timeoutMs) : undefined;
+        const onAbort = () => stop(new AbortError(op, signal!.reason));
+        signal?.addEventListener('abort', onAbort, { once: true });
+        pending.cleanup = () => {
+          if (timer !== undefined) clearTimeout(timer);
+          signal?.removeEventListener('abort', onAbort);
+        };
+      }
+      this.#pending = pending;
     });
   }
 
-  /** KVM_RUN on the calling thread (blocks it until the guest exits). */
-  runSync(): VcpuExit {
+  /**
+   * KVM_RUN on the calling thread (blocks it until the guest exits). With
+   * `timeoutMs`, a guest still running then is stopped and a {@link TimeoutError}
+   * thrown; the vCPU can run again. A worker blocked here still terminates promptly.
+   */
+  runSync(options?: { timeoutMs?: number }): VcpuExit {
     const op = 'vcpu.runSync';
+    const o = runOptions(op, options);
+    if ((options as RunOptions | undefined)?.signal !== undefined)
+      throw new ArgumentRangeError('ERR_INVALID_ARG_VALUE', `${op}: options.signal cannot stop a synchronous run (nothing else runs on this thread); use run() or timeoutMs`);
     this.#check(op);
     if (this.#pending) throw new StateError('ERR_BUSY', `${op}: vCPU ${this.id} is already running on its thread`);
-    return this.#decode(this.#runner.runSync());
+    const result = this.#runner.runSync(o.timeoutMs !== undefined ? Math.ceil(o.timeoutMs * 1e6) : 0);
+    if (result === native.runTimedOut) {
+      this.#needsCompletion = false;
+      throw new TimeoutError(op, o.timeoutMs!);
+    }
+    return this.#decode(result, op);
   }
 
   /**
@@ -514,12 +645,44 @@ export class Vcpu {
 
   /**
    * Runs until the guest halts, a handler returns `'stop'`, an exit has no handler,
-   * or `maxExits` is reached. Returns the exit that ended the loop.
+   * or `maxExits` is reached. Returns the exit that ended the loop. `timeoutMs` and
+   * `signal` bound the whole loop (handlers included): when they end it, the vCPU is
+   * kicked and the promise rejects with a {@link TimeoutError} or {@link AbortError}.
    */
   async runUntil(handlers: RunHandlers = {}): Promise<VcpuExit> {
-    const max = handlers.maxExits ?? Infinity;
+    const op = 'vcpu.runUntil';
+    if (handlers === null || typeof handlers !== 'object')
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: handlers must be an object`);
+    for (const key of ['io', 'mmio', 'hypercall', 'memoryFault'] as const)
+      if (handlers[key] !== undefined && typeof handlers[key] !== 'function')
+        throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: handlers.${key} must be a function`);
+    if (handlers.sync !== undefined && typeof handlers.sync !== 'boolean')
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: handlers.sync must be a boolean`);
+    const max = handlers.maxExits === undefined ? Infinity : uint(handlers.maxExits, op, 'handlers.maxExits', Number.MAX_SAFE_INTEGER);
+    if (max === 0) throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: handlers.maxExits must be at least 1`);
+    const o = runOptions(op, { signal: handlers.signal, timeoutMs: handlers.timeoutMs });
+    if (handlers.sync && o.signal)
+      throw new ArgumentRangeError('ERR_INVALID_ARG_VALUE', `${op}: signal cannot stop a synchronous loop (sync: true); use timeoutMs`);
+    const deadline = o.timeoutMs !== undefined ? Date.now() + o.timeoutMs : Infinity;
+    const remaining = (): number | undefined => {
+      if (deadline === Infinity) return undefined;
+      const left = deadline - Date.now();
+      if (left <= 0) throw new TimeoutError(op, o.timeoutMs!);
+      return left;
+    };
     for (let n = 0; ; n++) {
-      const exit = handlers.sync ? this.runSync() : await this.run();
+      if (o.signal?.aborted) throw new AbortError(op, o.signal.reason);
+      let exit: VcpuExit;
+      try {
+        const left = remaining();
+        exit = handlers.sync
+          ? this.runSync(left === undefined ? undefined : { timeoutMs: left })
+          : await this.run({ ...(left === undefined ? {} : { timeoutMs: left }), ...(o.signal ? { signal: o.signal } : {}) });
+      } catch (e) {
+        if (e instanceof TimeoutError) throw new TimeoutError(op, o.timeoutMs!);
+        if (e instanceof AbortError) throw new AbortError(op, o.signal?.reason);
+        throw e;
+      }
       if (n + 1 >= max) return exit;
       let result: void | 'stop' = undefined;
       switch (exit.reason) {
@@ -580,6 +743,7 @@ export class Vcpu {
     if (this.#fd < 0) return;
     const pending = this.#pending;
     this.#pending = undefined;
+    pending?.cleanup();
     this.#runner.close();
     this.#views.releaseAll();
     closed(this.#fdCell);

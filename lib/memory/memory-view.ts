@@ -4,6 +4,8 @@
 import { StateError } from '../core/errors';
 import { native, type NativeMapping } from '../native';
 
+const EMPTY = Buffer.alloc(0);
+
 interface ViewEntry {
   readonly arrayBuffer: WeakRef<ArrayBuffer>;
   readonly view: WeakRef<MemoryView>;
@@ -11,9 +13,11 @@ interface ViewEntry {
   readonly length: number;
 }
 
-const collected = new FinalizationRegistry<{ set: ViewSet; id: number }>(({ set, id }) => {
-  // The ArrayBuffer is gone and its native finalizer released the mapping.
-  set.forget(id);
+// The held value reaches its set only weakly: a strong path from it to the file, its
+// slots, their VM and back to the buffer would keep the whole setup alive forever.
+const collected = new FinalizationRegistry<{ set: WeakRef<ViewSet>; id: number }>(({ set, id }) => {
+  // The ArrayBuffer is gone and its native finalizer released the address range.
+  set.deref()?.forget(id);
 });
 
 /**
@@ -43,15 +47,17 @@ export class ViewSet {
       offset,
       length,
     });
-    collected.register(mapping[0], { set: this, id: mapping[1] }, view);
+    collected.register(mapping[0], { set: new WeakRef(this), id: mapping[1] });
     return view;
   }
 
-  /** Releases one mapping: detach the buffer if it is alive, then munmap. */
-  release(id: number, view: MemoryView): void {
-    const entry = this.#entries.get(id);
-    collected.unregister(view);
-    native.unmap(id, entry?.arrayBuffer.deref());
+  /**
+   * Releases one mapping: its memory becomes anonymous zero pages (nothing reaches
+   * the file through it any more); the address range goes when the buffer is
+   * collected, so native code still holding the buffer never faults.
+   */
+  release(id: number): void {
+    native.unmap(id);
     this.#entries.delete(id);
   }
 
@@ -95,10 +101,7 @@ export class ViewSet {
       const view = e.view.deref();
       if (view?.pinned) continue;
       if (view) view.release();
-      else {
-        native.unmap(id, e.arrayBuffer.deref());
-        this.#entries.delete(id);
-      }
+      else this.release(id);
       released++;
     }
     return released;
@@ -109,10 +112,7 @@ export class ViewSet {
     for (const [id, e] of [...this.#entries]) {
       const view = e.view.deref();
       if (view) view.release();
-      else {
-        native.unmap(id, e.arrayBuffer.deref());
-        this.#entries.delete(id);
-      }
+      else this.release(id);
     }
   }
 }
@@ -121,10 +121,12 @@ export class ViewSet {
  * A shared mapping of (part of) a file, exposed as a zero-copy `Buffer`.
  *
  * One external ArrayBuffer backs each mapping. `unmap()`, closing the file, or
- * closing the VM that owns the file detaches that ArrayBuffer (its `byteLength` and
- * every Buffer over it become 0) before the memory is unmapped, so a stale view reads
- * as empty instead of crashing the process. A view that is simply forgotten is
- * unmapped when its buffer is garbage-collected.
+ * closing the VM that owns the file cuts the view off its file: `view.buffer` becomes
+ * an empty Buffer, and a Buffer taken from it earlier now reads zeros and keeps
+ * writes to itself (anonymous memory at the same address), so neither JavaScript nor
+ * native code still holding it (a crypto or zlib job on the libuv threadpool) can
+ * fault or reach the file. The address range goes back to the kernel when that
+ * buffer is garbage-collected. A view that is simply forgotten is unmapped then too.
  *
  * @example
  * using view = gmem.map(0, 4096);
@@ -159,7 +161,7 @@ export class MemoryView {
     return this.#set.file;
   }
 
-  /** The bytes. After `unmap()` this is an empty (detached) Buffer. */
+  /** The bytes. After `unmap()` this is an empty Buffer. */
   get buffer(): Buffer {
     return this.#buffer;
   }
@@ -175,8 +177,9 @@ export class MemoryView {
   }
 
   /**
-   * Detaches the buffer and unmaps the memory. Idempotent. Refused while a memory
-   * slot uses the view (the guest would lose its memory): remove the slot first.
+   * Unmaps the file: `buffer` becomes empty, Buffers taken from it earlier see zeros.
+   * Idempotent. Refused while a memory slot uses the view (the guest would lose its
+   * memory): remove the slot first.
    */
   unmap(): void {
     if (!this.#mapped) return;
@@ -193,7 +196,9 @@ export class MemoryView {
     if (!this.#mapped) return;
     this.#mapped = false;
     this.#pins = 0;
-    this.#set.release(this.#id, this);
+    this.#set.release(this.#id);
+    // Only what others still hold keeps the old buffer, and so its address range, alive.
+    this.#buffer = EMPTY;
   }
 
   /** True for a mapping a memory slot made for itself (released with the slot). */

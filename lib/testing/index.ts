@@ -12,7 +12,7 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { Cap, GuestMemfdFlag, MemoryAttribute, VmType, type VmTypeName } from '../core/caps';
-import { ArgumentRangeError, ArgumentTypeError } from '../core/errors';
+import { ArgumentRangeError, ArgumentTypeError, TimeoutError } from '../core/errors';
 import { hex } from '../core/validate';
 import { native } from '../native';
 import { defaultKvmPath, Kvm } from '../kvm/kvm';
@@ -112,8 +112,8 @@ function lacking(vm: Vm, needs: VmRequirements): string[] {
 /**
  * Runs a real-mode `vmcall` of KVM_HC_MAP_GPA_RANGE (eax=12, one page at 0x1000)
  * with KVM_CAP_EXIT_HYPERCALL enabled and says why it did not exit to userspace, if
- * it did not. The guest halts right after the call, so a kernel that handles the
- * call itself gives a `hlt` exit, never a hang.
+ * it did not. The guest halts right after the call; a kernel that neither exits nor
+ * returns to the guest is stopped by the time limit.
  */
 function hypercallExitMissing(vm: Vm): string | undefined {
   const bit = 1 << 12;
@@ -135,8 +135,14 @@ function hypercallExitMissing(vm: Vm): string | undefined {
   const vcpu = probeVm.createVcpu(0);
   vcpu.setSregs({ cs: { base: 0n, selector: 0 } });
   vcpu.setRegs({ rip: 0x1000n, rflags: 2n });
-  const exit = vcpu.runSync();
-  return exit.reason === 'hypercall' ? undefined : `a guest vmcall does not exit to userspace here (KVM_RUN gave '${exit.reason}')`;
+  let got: string;
+  try {
+    got = vcpu.runSync({ timeoutMs: 1000 }).reason;
+  } catch (e) {
+    if (!(e instanceof TimeoutError)) throw e;
+    got = 'no exit within 1 s';
+  }
+  return got === 'hypercall' ? undefined : `a guest vmcall does not exit to userspace here (KVM_RUN gave ${got === 'no exit within 1 s' ? got : `'${got}'`})`;
 }
 
 const matches = new Map<string, VmTypeMatch>();

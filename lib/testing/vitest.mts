@@ -13,31 +13,25 @@
  * @packageDocumentation
  */
 import { describe, test } from 'vitest';
-import testing from './index.js';
-import kvmModule from '../kvm/kvm.js';
-import type { Kvm } from '../kvm/kvm.js';
+import { Kvm } from '../kvm/kvm.js';
 import type { Vm } from '../kvm/vm.js';
 import type { VmTypeName } from '../core/caps.js';
-import type { ResourceSnapshot, VmRequirements, VmTypeMatch } from './index.js';
+import { assertNoLeaks, findVmType, resourceSnapshot, titleWithReason, type ResourceSnapshot } from './index.js';
 
-export type { ResourceSnapshot, VmRequirements, VmTypeMatch } from './index.js';
-
-/** See the framework-free entry: why KVM is unusable here, or undefined. */
-export const kvmUnavailable: typeof testing.kvmUnavailable = testing.kvmUnavailable;
-/** See the framework-free entry: the first VM type that offers what a test needs. */
-export const findVmType: typeof testing.findVmType = testing.findVmType;
-/** See the framework-free entry: why tests with these needs cannot run here. */
-export const unmetRequirements: typeof testing.unmetRequirements = testing.unmetRequirements;
-/** See the framework-free entry: a title with `[skipped: reason]` appended. */
-export const titleWithReason: typeof testing.titleWithReason = testing.titleWithReason;
-/** See the framework-free entry: what the process holds now. */
-export const resourceSnapshot: typeof testing.resourceSnapshot = testing.resourceSnapshot;
-/** See the framework-free entry: what grew since a snapshot. */
-export const resourceLeaks: typeof testing.resourceLeaks = testing.resourceLeaks;
-/** See the framework-free entry: throws if anything grew since a snapshot. */
-export const assertNoLeaks: typeof testing.assertNoLeaks = testing.assertNoLeaks;
-/** See the framework-free entry: vCPU threads of this process. */
-export const vcpuThreadCount: typeof testing.vcpuThreadCount = testing.vcpuThreadCount;
+export {
+  assertNoLeaks,
+  findVmType,
+  kvmUnavailable,
+  resourceLeaks,
+  resourceSnapshot,
+  titleWithReason,
+  unmetRequirements,
+  vcpuThreadCount,
+  type ResourceSnapshot,
+  type VmRequirements,
+  type VmTypeMatch,
+} from './index.js';
+import type { VmRequirements, VmTypeMatch } from './index.js';
 
 /** What a gated suite or test body is told: the VM type that qualified. */
 export interface KvmContext {
@@ -113,7 +107,7 @@ export function kvmTest(needs: VmRequirements = {}, options: { leakCheck?: boole
     ],
     vmType: async ({}, use) => use(match.type ?? 'default'),
     kvm: async ({}, use) => {
-      const kvm = kvmModule.Kvm.open();
+      const kvm = Kvm.open();
       try {
         await use(kvm);
       } finally {
@@ -130,7 +124,9 @@ export function kvmTest(needs: VmRequirements = {}, options: { leakCheck?: boole
     },
   });
   const gated = extended.skipIf(match.type === undefined);
+  // The body goes to vitest as it is: vitest reads which fixtures a test uses from its
+  // parameter's destructuring pattern, so only those are created.
   const fn = (title: string, body: (fixtures: KvmFixtures) => unknown, timeout?: number) =>
-    gated(titleWithReason(title, match.reason), (ctx) => body(ctx as unknown as KvmFixtures) as Promise<void>, timeout);
+    gated(titleWithReason(title, match.reason), body as never, timeout);
   return Object.assign(fn, { reason: match.reason, vmType: match.type });
 }
