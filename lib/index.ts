@@ -75,5 +75,6 @@ export {
   type VcpuExitReason,
 } from './kvm/exits';
 export { loadRealMode, loadLongMode, loadProgram } from './guest/loader';
+export { CpuidFlag, findCpuid, withCpuidLeaf, cpuidHasLongMode, type CpuidEntry } from './kvm/cpuid';
 export * as guest from './guest/programs';
 export type { GuestProgram, LongModeSetup } from './guest/programs';

@@ -43,6 +43,7 @@ export interface NativeBinding {
   checkExtension(fd: number, cap: number): number;
   getVcpuMmapSize(fd: number): number;
   createVm(fd: number, type: number): number;
+  getSupportedCpuid(kvmFd: number): Uint32Array;
 
   setUserMemoryRegion2(
     vmFd: number, slot: number, flags: number, guestPhysAddr: number | bigint, memorySize: number | bigint,
@@ -81,6 +82,8 @@ export interface NativeBinding {
   getFpu(fd: number, out: Uint8Array): void;
   setFpu(fd: number, fpu: Uint8Array): void;
   preFaultMemory(fd: number, gpa: number | bigint, size: number | bigint): void;
+  getCpuid(vcpuFd: number): Uint32Array;
+  setCpuid(vcpuFd: number, entries: Uint32Array): void;
 }
 
 const load = require('node-gyp-build') as (dir: string) => unknown;

@@ -1,7 +1,15 @@
 #include "common.h"
 
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "errors.h"
+#include "uapi/kvm_gmem.h"
 
 namespace gmem {
 
@@ -63,6 +71,24 @@ AddonState& State(Napi::Env env) {
 }
 
 void AdoptFd(Napi::Env env, int fd) { State(env).fds.insert(fd); }
+
+Napi::Value CpuidTable(Napi::Env env, int fd, unsigned long request, const char* name) {
+  using namespace gmem_uapi;
+  for (uint32_t n = 64; n <= 4096; n *= 2) {
+    std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2), 0);
+    auto* table = reinterpret_cast<kvm_cpuid2*>(buf.data());
+    table->nent = n;
+    if (ioctl(fd, request, table) != 0) {
+      if (errno == E2BIG) continue;
+      return ThrowErrno(env, errno, "ioctl", name);
+    }
+    uint32_t count = std::min(table->nent, n);
+    Napi::Uint32Array out = Napi::Uint32Array::New(env, static_cast<size_t>(count) * 10);
+    memcpy(out.Data(), buf.data() + sizeof(kvm_cpuid2), static_cast<size_t>(count) * sizeof(kvm_cpuid_entry2));
+    return out;
+  }
+  return ThrowErrno(env, E2BIG, "ioctl", name);
+}
 
 bool ArgU64(const Napi::CallbackInfo& info, size_t i, uint64_t* out) {
   Napi::Value v = info[i];

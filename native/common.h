@@ -113,6 +113,11 @@ bool ArgU32(const Napi::CallbackInfo& info, size_t i, uint32_t* out);
 bool ArgTypedArray(const Napi::CallbackInfo& info, size_t i, napi_typedarray_type type, size_t minElements,
                    Napi::TypedArray* out);
 
+// KVM_GET_SUPPORTED_CPUID / KVM_GET_CPUID2 on `fd`: grows the table while the kernel
+// says E2BIG. Returns the entries as a Uint32Array of 10 words each (the kernel's
+// struct kvm_cpuid_entry2), or throws.
+Napi::Value CpuidTable(Napi::Env env, int fd, unsigned long request, const char* name);
+
 }  // namespace gmem
 
 #endif

@@ -57,7 +57,15 @@ static Napi::Value CreateVm(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), vm);
 }
 
+// getSupportedCpuid(kvmFd) -> Uint32Array (10 words per entry)
+static Napi::Value GetSupportedCpuid(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  if (!ArgI32(info, 0, &fd)) return Napi::Value();
+  return CpuidTable(info.Env(), fd, KVM_GET_SUPPORTED_CPUID, "KVM_GET_SUPPORTED_CPUID");
+}
+
 void InitKvm(Napi::Env env, Napi::Object exports) {
+  exports.Set("getSupportedCpuid", Napi::Function::New(env, GetSupportedCpuid, "getSupportedCpuid"));
   exports.Set("kvmOpen", Napi::Function::New(env, KvmOpen, "kvmOpen"));
   exports.Set("getApiVersion", Napi::Function::New(env, GetApiVersion, "getApiVersion"));
   exports.Set("checkExtension", Napi::Function::New(env, CheckExtension, "checkExtension"));

@@ -550,7 +550,30 @@ static Napi::Value PreFaultMemory(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// getCpuid(vcpuFd) -> Uint32Array (10 words per entry)
+static Napi::Value GetCpuid(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  if (!ArgI32(info, 0, &fd)) return Napi::Value();
+  return CpuidTable(info.Env(), fd, KVM_GET_CPUID2, "KVM_GET_CPUID2");
+}
+
+// setCpuid(vcpuFd, entries: Uint32Array of 10 words per entry)
+static Napi::Value SetCpuid(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  Napi::TypedArray array;
+  if (!ArgI32(info, 0, &fd) || !ArgTypedArray(info, 1, napi_uint32_array, 0, &array)) return Napi::Value();
+  size_t n = array.ElementLength() / 10;
+  std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2), 0);
+  auto* table = reinterpret_cast<kvm_cpuid2*>(buf.data());
+  table->nent = static_cast<uint32_t>(n);
+  memcpy(buf.data() + sizeof(kvm_cpuid2), array.As<Napi::Uint32Array>().Data(), n * sizeof(kvm_cpuid_entry2));
+  if (ioctl(fd, KVM_SET_CPUID2, table) != 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_SET_CPUID2");
+  return info.Env().Undefined();
+}
+
 void InitVcpu(Napi::Env env, Napi::Object exports) {
+  exports.Set("getCpuid", Napi::Function::New(env, GetCpuid, "getCpuid"));
+  exports.Set("setCpuid", Napi::Function::New(env, SetCpuid, "setCpuid"));
   struct sigaction action;
   memset(&action, 0, sizeof action);
   action.sa_handler = OnKick;

@@ -6,6 +6,7 @@ import { ArgumentTypeError, closedError, explain, UnsupportedError } from '../co
 import { native } from '../native';
 import { closed, track, type FdCell } from '../core/ownership';
 import { options as readOptions, oneOf, uint } from '../core/validate';
+import { decodeCpuid, type CpuidEntry } from './cpuid';
 import { Vm } from './vm';
 
 /** The path `Kvm.open()` uses: `$GMEM_KVM_PATH`, else `/dev/kvm`. */
@@ -36,6 +37,7 @@ export class Kvm {
   #fdCell: FdCell;
   readonly #vms = new Set<Vm>();
   #vcpuMmapSize = 0;
+  #supportedCpuid: Uint32Array | undefined;
 
   private constructor(path: string, fd: number, apiVersion: number) {
     this.path = path;
@@ -93,6 +95,26 @@ export class Kvm {
   capabilities(): Capabilities {
     const fd = this.fd;
     return decodeCapabilities((cap) => native.checkExtension(fd, cap));
+  }
+
+  /**
+   * KVM_GET_SUPPORTED_CPUID: every CPUID leaf KVM can offer a guest on this host, as
+   * plain entries (a fresh copy per call; the kernel is asked once).
+   *
+   * @example
+   * const table = kvm.getSupportedCpuid();
+   * vcpu.setCpuid(withCpuidLeaf(table, 0x40000000, 0, { eax: 0x40000001 }));
+   */
+  getSupportedCpuid(): CpuidEntry[] {
+    const fd = this.fd;
+    if (!this.#supportedCpuid) {
+      try {
+        this.#supportedCpuid = native.getSupportedCpuid(fd);
+      } catch (e) {
+        throw explain(e, 'kvm.getSupportedCpuid', { ENOTTY: 'this KVM has no CPUID support (not x86)' });
+      }
+    }
+    return decodeCpuid(this.#supportedCpuid);
   }
 
   /** KVM_GET_VCPU_MMAP_SIZE (cached). @internal */

@@ -10,6 +10,7 @@ import { MemoryView, ViewSet } from '../memory/memory-view';
 import { native, type NativeVcpuRunner } from '../native';
 import { closed, track, type FdCell } from '../core/ownership';
 import { enableCapOn } from './enable-cap';
+import { decodeCpuid, encodeCpuid, type CpuidEntry } from './cpuid';
 import { hex, PAGE_SIZE, u64, uint } from '../core/validate';
 import type { Vm } from './vm';
 
@@ -514,6 +515,38 @@ export class Vcpu {
     f.xmm.forEach((r, i) => b.set(r.subarray(0, 16), 152 + 16 * i));
     b.writeUInt32LE(f.mxcsr, 408);
     native.setFpu(fd, b);
+  }
+
+  /** KVM_GET_CPUID2: the CPUID table this vCPU shows its guest. */
+  getCpuid(): CpuidEntry[] {
+    const op = 'vcpu.getCpuid';
+    const fd = this.#idle(op);
+    try {
+      return decodeCpuid(native.getCpuid(fd));
+    } catch (e) {
+      throw explain(e, op);
+    }
+  }
+
+  /**
+   * KVM_SET_CPUID2: the CPUID table the guest sees. Once the vCPU has run, the kernel
+   * only accepts the table it already has (EINVAL otherwise): set it before the first run.
+   *
+   * @example
+   * vcpu.setCpuid(withCpuidLeaf(kvm.getSupportedCpuid(), 0x40000000, 0, { ebx: 0x4b4d564b }));
+   */
+  setCpuid(entries: readonly CpuidEntry[]): void {
+    const op = 'vcpu.setCpuid';
+    const words = encodeCpuid(op, entries);
+    const fd = this.#mutating(op);
+    try {
+      native.setCpuid(fd, words);
+    } catch (e) {
+      throw explain(e, `${op}(${entries.length} entries)`, {
+        EINVAL: 'the kernel refused the table: after the first KVM_RUN only an identical table is accepted, or an entry is inconsistent',
+        E2BIG: 'too many entries',
+      });
+    }
   }
 
   /**

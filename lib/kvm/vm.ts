@@ -34,6 +34,7 @@ import {
 import { SlotTable } from '../memory/slot-table';
 import { enableCapOn } from './enable-cap';
 import { Vcpu } from './vcpu';
+import { cpuidForVcpu, type CpuidEntry } from './cpuid';
 import {
   checkRequest,
   convertRanges,
@@ -504,23 +505,41 @@ export class Vm {
   }
 
   /**
-   * KVM_CREATE_VCPU with its kvm_run mapping. Ids must be unique and below
-   * KVM_CAP_MAX_VCPUS.
+   * KVM_CREATE_VCPU with its kvm_run mapping, then KVM_SET_CPUID2. Ids must be unique
+   * and below KVM_CAP_MAX_VCPUS. By default the vCPU gets every leaf
+   * KVM_GET_SUPPORTED_CPUID reports, with its own APIC id (as a VMM sets it: mainline
+   * KVM refuses 64-bit state until CPUID offers long mode); `cpuid` gives another
+   * table, or `false` leaves the kernel's empty one.
    */
-  createVcpu(id: number): Vcpu {
+  createVcpu(id: number, options?: { cpuid?: readonly CpuidEntry[] | false }): Vcpu {
     const op = 'vm.createVcpu';
     const fd = this.checkOpen(op);
     const max = this.cap(Cap.MaxVcpus) || this.cap(Cap.NrVcpus) || 1;
     const n = uint(id, op, 'id', max - 1);
+    const o = readOptions<{ cpuid?: readonly CpuidEntry[] | false }>(options, op);
+    if (o.cpuid !== undefined && o.cpuid !== false && !Array.isArray(o.cpuid))
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: options.cpuid must be an array of CPUID entries or false`);
     if (this.#vcpus.has(n)) throw new StateError('ERR_IN_USE', `${op}: vCPU ${n} already exists`);
+    const cpuid = o.cpuid === false ? undefined : (o.cpuid ?? cpuidForVcpu(this.kvm.getSupportedCpuid(), n));
     let vcpuFd: number;
     try {
       vcpuFd = native.createVcpu(fd, n);
     } catch (e) {
-      throw explain(e, `${op}(${n})`, { EEXIST: `vCPU ${n} already exists in the kernel`, EINVAL: 'id out of range' });
+      throw explain(e, `${op}(${n})`, {
+        EEXIST: `vCPU ${n} already exists in the kernel (it was created before, maybe outside this library)`,
+        EINVAL: 'id out of range',
+      });
     }
     const vcpu = new Vcpu(this, n, vcpuFd, this.kvm.vcpuMmapSize());
     this.#vcpus.set(n, vcpu);
+    if (cpuid) {
+      try {
+        vcpu.setCpuid(cpuid);
+      } catch (e) {
+        vcpu.close();
+        throw e;
+      }
+    }
     return vcpu;
   }
 

@@ -106,6 +106,26 @@ struct kvm_enable_cap {
 static_assert(sizeof(kvm_enable_cap) == 104, "kvm_enable_cap");
 constexpr unsigned long KVM_ENABLE_CAP = _IOW(KVMIO, 0xa3, struct kvm_enable_cap);
 
+/* ---- CPUID (x86) ---- */
+struct kvm_cpuid_entry2 {
+  uint32_t function;
+  uint32_t index;
+  uint32_t flags;
+  uint32_t eax, ebx, ecx, edx;
+  uint32_t padding[3];
+};
+static_assert(sizeof(kvm_cpuid_entry2) == 40, "kvm_cpuid_entry2");
+struct kvm_cpuid2 {
+  uint32_t nent;
+  uint32_t padding;
+  /* struct kvm_cpuid_entry2 entries[nent] follow */
+};
+static_assert(sizeof(kvm_cpuid2) == 8, "kvm_cpuid2");
+constexpr unsigned long KVM_GET_SUPPORTED_CPUID = _IOWR(KVMIO, 0x05, struct kvm_cpuid2);
+constexpr unsigned long KVM_SET_CPUID2 = _IOW(KVMIO, 0x90, struct kvm_cpuid2);
+constexpr unsigned long KVM_GET_CPUID2 = _IOWR(KVMIO, 0x91, struct kvm_cpuid2);
+constexpr uint32_t KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1u << 0;
+
 /* ---- vCPU ioctls (x86) ---- */
 constexpr unsigned long KVM_RUN = _IO(KVMIO, 0x80);
 
