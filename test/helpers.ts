@@ -2,7 +2,7 @@
  * Shared test plumbing: whether a usable KVM is here (and why not), fd counting.
  */
 import { readdirSync } from 'node:fs';
-import { Cap, defaultKvmPath, Kvm, VmType, type VmTypeName } from '../lib/index';
+import { Cap, defaultKvmPath, Kvm, Memfd, VmType, type GuestMemfd, type MemoryFile, type MemorySlot, type Vm, type VmTypeName } from '../lib/index';
 
 /** The device the suite uses (GMEM_KVM_PATH switches it, e.g. to /nonexistent). */
 export const kvmPath = defaultKvmPath();
@@ -77,3 +77,37 @@ export const conversionType: VmTypeName | undefined = (() => {
 export const noConversion = conversionType
   ? undefined
   : 'no VM type on this host reports KVM_MEMORY_ATTRIBUTE_PRIVATE in KVM_CAP_MEMORY_ATTRIBUTES';
+
+/**
+ * guest_memfd memory the host can read and write too. Where the VM offers mmap and
+ * init-shared, the guest_memfd is its own shared backing (`inPlace`); otherwise (Linux
+ * 6.12, sw-protected VMs) a memfd of the same size is, at the same offsets, so suites
+ * whose subject is guest memory still run. The memfd is disposed once a slot binds
+ * it: it closes when the VM removes its last slot.
+ */
+export interface GuestRam {
+  readonly gmem: GuestMemfd;
+  /** The host-visible backing: `gmem` itself, or a memfd of the same size. */
+  readonly shared: MemoryFile;
+  /** True when `shared` is the guest_memfd. */
+  readonly inPlace: boolean;
+  /** Adds a slot binding `[offset, +size)` of the guest_memfd at `gpa`, shared through `shared` at the same offset. */
+  slot(gpa: number | bigint, size: number, offset?: number): MemorySlot;
+}
+
+export function guestRam(vm: Vm, size: number): GuestRam {
+  const flags = BigInt(vm.checkExtension(Cap.GuestMemfdFlags));
+  const inPlace = (flags & 3n) === 3n;
+  const gmem = vm.createGuestMemfd({ size, mmap: inPlace, initShared: inPlace });
+  const shared: MemoryFile = inPlace ? gmem : Memfd.create('guest-ram', { size });
+  return {
+    gmem,
+    shared,
+    inPlace,
+    slot: (gpa, slotSize, offset = 0) => {
+      const slot = vm.addMemorySlot({ guestPhysAddr: gpa, size: slotSize, guestMemfd: { file: gmem, offset }, userspace: shared, userspaceOffset: offset });
+      if (!inPlace) shared[Symbol.dispose]();
+      return slot;
+    },
+  };
+}

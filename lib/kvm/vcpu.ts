@@ -754,17 +754,30 @@ export class Vcpu {
    */
   preFault(guestPhysAddr: number | bigint, size: number | bigint): void {
     const op = 'vcpu.preFault';
+    const gpa = u64(guestPhysAddr, op, 'guestPhysAddr');
+    const n = u64(size, op, 'size');
+    if (n === 0n) throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: size must be greater than 0`);
+    if (gpa % BigInt(PAGE_SIZE) || n % BigInt(PAGE_SIZE))
+      throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: range ${hex(gpa)} + ${hex(n)} must be page-aligned (${PAGE_SIZE})`);
+    if (gpa + n > 1n << 64n) throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: range wraps past 2^64`);
     const fd = this.#idle(op);
     const have = this.vm.cap(Cap.PreFaultMemory);
     if (have <= 0) throw new UnsupportedError(capName(Cap.PreFaultMemory), have, op);
-    const gpa = u64(guestPhysAddr, op, 'guestPhysAddr');
-    const n = u64(size, op, 'size');
-    if (gpa % BigInt(PAGE_SIZE) || n % BigInt(PAGE_SIZE) || n === 0n)
-      throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: range ${hex(gpa)} + ${hex(n)} must be page-aligned and non-empty`);
+    // The kernel stops at the first page no slot covers (ENOENT) after faulting the
+    // ones before it: refuse such a range whole, naming the gap.
+    const gap = this.vm.slotTable.cover(0, gpa, n).find((p) => !p.slot);
+    if (gap)
+      throw new StateError(
+        'ERR_UNMAPPED_GPA',
+        `${op}: GPA ${hex(gap.guestPhysAddr)}..${hex(gap.guestPhysAddr + gap.size)} is not covered by any memory slot`,
+      );
     try {
       native.preFaultMemory(fd, gpa, n);
     } catch (e) {
-      throw explain(e, `${op}(${hex(gpa)}, ${hex(n)})`, { ENOENT: 'part of the range has no memory slot' });
+      throw explain(e, `${op}(${hex(gpa)}, ${hex(n)})`, {
+        ENOENT: 'part of the range has no memory slot (one made outside this library was removed?)',
+        EIO: 'the vCPU is in a mode that cannot map the range (e.g. SMM), or the range is not mappable',
+      });
     }
   }
 

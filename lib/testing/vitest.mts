@@ -81,6 +81,8 @@ export interface GatedTest<F> {
   readonly reason: string | undefined;
   /** The VM type the fixtures create. */
   readonly vmType: VmTypeName | undefined;
+  /** The same test, also skipped (with `reason` in its title) when `reason` is a string. */
+  skipIf(reason: string | undefined): GatedTest<F>;
 }
 
 /**
@@ -106,7 +108,10 @@ export function kvmTest(needs: VmRequirements = {}, options: { leakCheck?: boole
       { auto: true },
     ],
     vmType: async ({}, use) => use(match.type ?? 'default'),
-    kvm: async ({}, use) => {
+    // Depending on leakCheck makes vitest take the snapshot before the device opens
+    // and compare after it (and its VMs) closed.
+    kvm: async ({ leakCheck }, use) => {
+      void leakCheck;
       const kvm = Kvm.open();
       try {
         await use(kvm);
@@ -123,10 +128,17 @@ export function kvmTest(needs: VmRequirements = {}, options: { leakCheck?: boole
       }
     },
   });
-  const gated = extended.skipIf(match.type === undefined);
-  // The body goes to vitest as it is: vitest reads which fixtures a test uses from its
-  // parameter's destructuring pattern, so only those are created.
-  const fn = (title: string, body: (fixtures: KvmFixtures) => unknown, timeout?: number) =>
-    gated(titleWithReason(title, match.reason), body as never, timeout);
-  return Object.assign(fn, { reason: match.reason, vmType: match.type });
+  const gate = (reason: string | undefined): GatedTest<KvmFixtures> => {
+    const gated = extended.skipIf(reason !== undefined);
+    // The body goes to vitest as it is: vitest reads which fixtures a test uses from
+    // its parameter's destructuring pattern, so only those are created.
+    const fn = (title: string, body: (fixtures: KvmFixtures) => unknown, timeout?: number) =>
+      gated(titleWithReason(title, reason), body as never, timeout);
+    return Object.assign(fn, {
+      reason,
+      vmType: match.type,
+      skipIf: (extra: string | undefined) => gate(reason ?? extra),
+    });
+  };
+  return gate(match.reason);
 }
