@@ -604,6 +604,26 @@ describe('conversion engine: veto', () => {
   });
 });
 
+describe('conversion engine: a plan gone stale while listeners ran', () => {
+  test("recheck's error reaches the caller as it was raised (not as a kernel refusal); nothing is applied and acceptors hear the rollback", async () => {
+    const h = new Harness();
+    const stale = Object.assign(new Error('vm.convert: slot 0 was removed while the conversion\'s listeners ran'), { code: 'ERR_CLOSED' });
+    (h.ctx.backend as ConversionBackend).recheck = () => {
+      throw stale;
+    };
+    const error = await rejection(h.convert(req(2, 2, 'private')));
+    expect(error).toBe(stale);
+    expect(error).not.toBeInstanceOf(ConversionError);
+    expect(h.log.some((e) => e.kind === 'set' || e.kind.startsWith('discard'))).toBe(false);
+    expect(h.attributes.ranges()).toEqual([]);
+    expect(h.kernel.size).toBe(0);
+    // Every invalidateStart has its end, and the populates accepted are undone.
+    expectBalanced(h.log);
+    expect(h.lines().filter((l) => l.startsWith('populate'))).toEqual(['populate vm 0x2000+0x2000', 'populate G@0x2000+0x2000']);
+    expect(h.lines().filter((l) => l.startsWith('start')).length).toBeGreaterThanOrEqual(2);
+  });
+});
+
 describe('conversion engine: partial failure', () => {
   test('the setter failing at range k: applied (in the map, stale copies discarded), failed, notApplied; invalidateEnd still delivered', async () => {
     const h = new Harness();

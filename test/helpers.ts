@@ -111,3 +111,9 @@ export function guestRam(vm: Vm, size: number): GuestRam {
     },
   };
 }
+
+/** A guest_memfd of `size` bytes, mappable and initially shared where the VM offers both. */
+export function gmemOf(vm: Vm, size: number): GuestMemfd {
+  const inPlace = (BigInt(vm.checkExtension(Cap.GuestMemfdFlags)) & 3n) === 3n;
+  return vm.createGuestMemfd({ size, mmap: inPlace, initShared: inPlace });
+}

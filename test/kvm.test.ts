@@ -1,7 +1,10 @@
 // The KVM system fd and VM objects on the real /dev/kvm.
 import { describe, expect, test } from 'vitest';
 import { Cap, Kvm, KvmError, UnsupportedError, StateError, VmType, type VmTypeName } from '../lib/index';
+import { findVmType, titleWithReason } from '../lib/testing/index';
 import { codeOf, kvmPath, needsKvm, noKvm, openFds } from './helpers';
+
+const { type: gmemType, reason: gmemReason } = findVmType({ guestMemfd: true });
 
 describe('Kvm.open failures (no KVM needed)', () => {
   test('a missing device is a KvmError ENOENT with advice', () => {
@@ -131,14 +134,14 @@ describe.skipIf(noKvm)(needsKvm('Kvm and Vm on the real kernel'), () => {
     expect(vm.closed).toBe(true);
   });
 
-  test('a whole setup dropped without close (device, VM, guest_memfds) has its fds closed by the collector', async () => {
+  test.skipIf(!gmemType)(titleWithReason('a whole setup dropped without close (device, VM, guest_memfds) has its fds closed by the collector', gmemReason), async () => {
     const { native } = await import('../lib/native');
     (await import('node:v8')).setFlagsFromString('--expose-gc');
     const collect = (await import('node:vm')).runInNewContext('gc') as () => void;
     const owned = native.ownedFdCount();
     (() => {
       const kvm = Kvm.open(kvmPath);
-      const vm = kvm.createVm();
+      const vm = kvm.createVm({ type: gmemType! });
       for (let i = 0; i < 10; i++) vm.createGuestMemfd({ size: 4096 });
     })();
     expect(native.ownedFdCount()).toBe(owned + 12);

@@ -2,10 +2,11 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-import { createMemoryLayout, Kvm, LayoutError, parseLayout, type Vm } from '../lib/index';
+import { describe, expect, test as plain } from 'vitest';
+import { createMemoryLayout, LayoutError, parseLayout } from '../lib/index';
+import { kvmTest } from '../lib/testing/vitest.mjs';
 import { native } from '../lib/native';
-import { kvmPath, needsKvm, noKvm, openFds } from './helpers';
+import { kvmPath, openFds } from './helpers';
 
 const example = JSON.parse(readFileSync(path.join(__dirname, '..', 'examples', 'layout.json'), 'utf8'));
 
@@ -20,6 +21,7 @@ function issues(spec: unknown): string[] {
 }
 
 describe('layout schema', () => {
+  const test = plain;
   test('the example layout is valid and sizes parse to bytes', () => {
     const spec = parseLayout(example);
     expect(spec.files['ram']!.size).toBe(2n << 20n);
@@ -56,70 +58,64 @@ describe('layout schema', () => {
   });
 });
 
-describe.skipIf(noKvm)(needsKvm('layouts on the real kernel'), () => {
-  let kvm: Kvm;
-  let vm: Vm;
-  beforeEach(() => {
-    kvm = Kvm.open(kvmPath);
-    vm = kvm.createVm();
-  });
-  afterEach(() => kvm.close());
+const test = kvmTest();
+// The example maps a guest_memfd that starts shared: it needs a VM type offering both flags.
+const exampleTest = kvmTest({ mmap: true, initShared: true });
 
-  test('the example layout builds, describes itself and tears down', async () => {
-    const fds = openFds();
-    const maps = native.mappingCount();
-    const layout = await createMemoryLayout(vm, example);
-    const map = layout.describe();
-    expect(map.entries.map((e) => [e.name, e.guestPhysAddr, e.slot])).toEqual([
-      ['low-ram', 0n, 0],
-      ['framebuffer', 0xe0000000n, 3],
-      ['firmware', 0xffff0000n, 2],
-      ['high-ram', 1n << 32n, 1],
-    ]);
-    expect(map.entries[0]!.userspace).toEqual({ kind: 'memfd', file: 'ram', offset: 0 });
-    expect(map.entries[0]!.private).toEqual({ file: 'private', offset: 0 });
-    expect(map.entries[2]!.flags).toEqual(['readonly']);
-    expect(map.text).toMatch(/0x100000000-0x100400000\s+4 MiB\s+1\s+high-ram/);
-    expect((layout.files['ram'] as unknown as { seals: string[] }).seals).toEqual(['shrink', 'grow']);
-    expect(vm.slots).toHaveLength(4);
-    await layout.close();
-    expect(vm.slots).toHaveLength(0);
-    expect(Object.values(layout.files).every((f) => f.closed)).toBe(true);
-    expect(openFds()).toBe(fds);
-    expect(native.mappingCount()).toBe(maps);
-  });
+exampleTest('the example layout builds, describes itself and tears down', async ({ vm }) => {
+  const fds = openFds();
+  const maps = native.mappingCount();
+  const layout = await createMemoryLayout(vm, example);
+  const map = layout.describe();
+  expect(map.entries.map((e) => [e.name, e.guestPhysAddr, e.slot])).toEqual([
+    ['low-ram', 0n, 0],
+    ['framebuffer', 0xe0000000n, 3],
+    ['firmware', 0xffff0000n, 2],
+    ['high-ram', 1n << 32n, 1],
+  ]);
+  expect(map.entries[0]!.userspace).toEqual({ kind: 'memfd', file: 'ram', offset: 0 });
+  expect(map.entries[0]!.private).toEqual({ file: 'private', offset: 0 });
+  expect(map.entries[2]!.flags).toEqual(['readonly']);
+  expect(map.text).toMatch(/0x100000000-0x100400000\s+4 MiB\s+1\s+high-ram/);
+  expect((layout.files['ram'] as unknown as { seals: string[] }).seals).toEqual(['shrink', 'grow']);
+  expect(vm.slots).toHaveLength(4);
+  await layout.close();
+  expect(vm.slots).toHaveLength(0);
+  expect(Object.values(layout.files).every((f) => f.closed)).toBe(true);
+  expect(openFds()).toBe(fds);
+  expect(native.mappingCount()).toBe(maps);
+});
 
-  test('a failing slot tears down what was built and names the spec entry', async () => {
-    const fds = openFds();
-    const error = await createMemoryLayout(vm, {
-      files: { ram: { type: 'memfd', size: '2MiB' } },
-      slots: [
-        { guestPhysAddr: 0, size: '2MiB', userspace: { file: 'ram' } },
-        { name: 'clash', guestPhysAddr: '1MiB', size: '1MiB', userspace: 'anonymous' },
-      ],
-    }).catch((e: unknown) => e);
-    expect((error as Error).message).toMatch(/^slots\[1\] \(clash\): vm.addMemorySlot: GPA range 0x100000..0x200000 overlaps slot 0/);
-    expect(vm.slots).toHaveLength(0);
-    expect(openFds()).toBe(fds);
-  });
+test('a failing slot tears down what was built and names the spec entry', async ({ vm }) => {
+  const fds = openFds();
+  const error = await createMemoryLayout(vm, {
+    files: { ram: { type: 'memfd', size: '2MiB' } },
+    slots: [
+      { guestPhysAddr: 0, size: '2MiB', userspace: { file: 'ram' } },
+      { name: 'clash', guestPhysAddr: '1MiB', size: '1MiB', userspace: 'anonymous' },
+    ],
+  }).catch((e: unknown) => e);
+  expect((error as Error).message).toMatch(/^slots\[1\] \(clash\): vm.addMemorySlot: GPA range 0x100000..0x200000 overlaps slot 0/);
+  expect(vm.slots).toHaveLength(0);
+  expect(openFds()).toBe(fds);
+});
 
-  test('gmem layout runs the example on this host and exits 0', () => {
-    const cli = path.join(__dirname, '..', 'dist', 'tools', 'cli.js');
-    const r = spawnSync(process.execPath, [cli, 'layout', path.join(__dirname, '..', 'examples', 'layout.json'), '--device', kvmPath], {
-      encoding: 'utf8',
-    });
-    expect(r.stderr).toBe('');
-    expect(r.status).toBe(0);
-    expect(r.stdout).toMatch(/memory map of .*layout\.json/);
-    expect(r.stdout).toMatch(/low-ram/);
+exampleTest('gmem layout runs the example on this host and exits 0', () => {
+  const cli = path.join(__dirname, '..', 'dist', 'tools', 'cli.js');
+  const r = spawnSync(process.execPath, [cli, 'layout', path.join(__dirname, '..', 'examples', 'layout.json'), '--device', kvmPath], {
+    encoding: 'utf8',
   });
+  expect(r.stderr).toBe('');
+  expect(r.status).toBe(0);
+  expect(r.stdout).toMatch(/memory map of .*layout\.json/);
+  expect(r.stdout).toMatch(/low-ram/);
+});
 
-  test('gmem layout reports schema errors with their paths and exits 1', () => {
-    const cli = path.join(__dirname, '..', 'dist', 'tools', 'cli.js');
-    const bad = path.join(require('node:os').tmpdir(), `bad-layout-${process.pid}.json`);
-    require('node:fs').writeFileSync(bad, JSON.stringify({ slots: [{ guestPhysAddr: 'x', size: 1 }] }));
-    const r = spawnSync(process.execPath, [cli, 'layout', bad, '--device', kvmPath], { encoding: 'utf8' });
-    expect(r.status).toBe(1);
-    expect(r.stderr).toMatch(/slots\[0\]\.guestPhysAddr/);
-  });
+test('gmem layout reports schema errors with their paths and exits 1', () => {
+  const cli = path.join(__dirname, '..', 'dist', 'tools', 'cli.js');
+  const bad = path.join(require('node:os').tmpdir(), `bad-layout-${process.pid}.json`);
+  require('node:fs').writeFileSync(bad, JSON.stringify({ slots: [{ guestPhysAddr: 'x', size: 1 }] }));
+  const r = spawnSync(process.execPath, [cli, 'layout', bad, '--device', kvmPath], { encoding: 'utf8' });
+  expect(r.status).toBe(1);
+  expect(r.stderr).toMatch(/slots\[0\]\.guestPhysAddr/);
 });

@@ -35,11 +35,10 @@ describe.skipIf(noKvm)(needsKvm('worker threads'), () => {
       const gm = require(workerData.root);
       const kvm = gm.Kvm.open(workerData.kvmPath);
       const vm = kvm.createVm();
-      const gmem = vm.createGuestMemfd({ size: 2 << 20, mmap: true, initShared: true });
-      const view = gmem.map();
+      const ram = gm.Memfd.create('worker', { size: 2 << 20 });
+      const view = ram.map();
       view.buffer[0] = 1;
-      const ram = gm.Memfd.create('worker', { size: 4096 });
-      vm.addMemorySlot({ guestPhysAddr: 0, size: 2 << 20, guestMemfd: { file: gmem } });
+      vm.addMemorySlot({ guestPhysAddr: 0, size: 2 << 20, userspace: ram });
       const vcpu = vm.createVcpu(0);
       gm.loadRealMode(vcpu, gm.guest.spin());
       vcpu.run();

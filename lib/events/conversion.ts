@@ -65,6 +65,12 @@ export interface ConversionPiece extends GpaRange {
 /** What the engine needs from the kernel. */
 export interface ConversionBackend {
   /**
+   * Called once every listener has been awaited, just before anything changes:
+   * throws if the plan no longer holds (a slot was removed while listeners ran). Its
+   * error reaches the caller unchanged; nothing has been applied.
+   */
+  recheck?(): void;
+  /**
    * Applies `attributes` to each range in order (KVM_SET_MEMORY_ATTRIBUTES). On
    * failure throws an error whose `applied` property counts the ranges that took.
    */
@@ -271,7 +277,14 @@ export async function convertRanges(ctx: ConversionContext, requests: readonly C
   const done = new Set<Work>();
   let refusal: ConversionError | undefined;
   let discardFailure: unknown;
+  let stale: { error: unknown } | undefined;
   await invalidate(invalidations, () => {
+    try {
+      ctx.backend.recheck?.();
+    } catch (error) {
+      stale = { error };
+      return;
+    }
     for (const to of ['private', 'shared'] as const) {
       const batch = work.filter((w) => w.to === to);
       if (batch.length === 0) continue;
@@ -324,6 +337,12 @@ export async function convertRanges(ctx: ConversionContext, requests: readonly C
       }
     }
   });
+  if (stale) {
+    // The plan went stale while listeners ran: nothing changed; whoever accepted a
+    // populate hears it undone, and the caller gets the reason as it was raised.
+    await rollBack(accepted);
+    throw stale.error;
+  }
   if (refusal) {
     // Ranges that never became usable: their populate listeners hear the rollback.
     await rollBack(accepted.filter((a) => !done.has(a[3])));

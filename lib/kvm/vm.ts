@@ -12,7 +12,7 @@ import {
   type Capabilities,
   type VmTypeName,
 } from '../core/caps';
-import { ArgumentTypeError, closedError, explain, StateError, UnsupportedError } from '../core/errors';
+import { ArgumentRangeError, ArgumentTypeError, closedError, explain, StateError, UnsupportedError } from '../core/errors';
 import { GuestMemfd, type GuestMemfdOptions } from '../memory/guest-memfd';
 import type { Kvm } from './kvm';
 import { native } from '../native';
@@ -36,6 +36,7 @@ import { enableCapOn } from './enable-cap';
 import { Vcpu } from './vcpu';
 import { cpuidForVcpu, type CpuidEntry } from './cpuid';
 import {
+  checkDisjoint,
   checkRequest,
   convertRanges,
   coverageError,
@@ -205,10 +206,10 @@ export class Vm {
     const gpa = u64(guestPhysAddr, op, 'guestPhysAddr');
     const n = u64(size, op, 'size');
     const attrs = u64(attributes, op, 'attributes');
+    checkRequest(op, { guestPhysAddr: gpa, size: n, to: 'shared' });
     const supported = BigInt(this.cap(Cap.MemoryAttributes));
     if (supported === 0n || (attrs & ~supported) !== 0n)
       throw new UnsupportedError(capName(Cap.MemoryAttributes), supported, `memory attributes ${hex(attrs)}`);
-    checkRequest(op, { guestPhysAddr: gpa, size: n, to: 'shared' });
     try {
       native.setMemoryAttributes(fd, gpa, n, attrs);
     } catch (e) {
@@ -236,28 +237,36 @@ export class Vm {
    * ioctl, the discard of the stale copy, and invalidateEnd. Only sub-ranges whose
    * state differs are touched. The range must be covered by guest_memfd slots.
    *
-   * @throws UnsupportedError when this VM lacks KVM_MEMORY_ATTRIBUTE_PRIVATE (checked first)
+   * @throws UnsupportedError when this VM lacks KVM_MEMORY_ATTRIBUTE_PRIVATE (checked before anything changes)
    * @throws ConversionError when the kernel refuses part-way (says what was applied)
    */
   convert(guestPhysAddr: number | bigint, size: number | bigint, to: 'private' | 'shared'): Promise<ConversionResult> {
     return this.convertMany([{ guestPhysAddr, size, to }]);
   }
 
-  /** Several conversions in one batch: one native crossing per direction. */
+  /**
+   * Several conversions in one batch: one native crossing per direction. Arguments
+   * are checked first (a bad one is named whatever the host can do), then the
+   * capability, then the coverage.
+   */
   async convertMany(
     requests: ReadonlyArray<{ guestPhysAddr: number | bigint; size: number | bigint; to: 'private' | 'shared' }>,
   ): Promise<ConversionResult> {
     const op = Array.isArray(requests) && requests.length === 1 ? 'vm.convert' : 'vm.convertMany';
     this.checkOpen(op);
-    this.#conversionSupported(op);
     if (!Array.isArray(requests))
       throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: requests must be an array of { guestPhysAddr, size, to }`);
-    const checked: ConversionRequest[] = requests.map((r, i) => {
+    const checked: ConversionRequest[] = requests.map((r: unknown, i) => {
       const where = requests.length === 1 ? op : `${op}[${i}]`;
-      const req = { guestPhysAddr: u64(r?.guestPhysAddr, where, 'guestPhysAddr'), size: u64(r?.size, where, 'size'), to: r?.to };
+      if (r === null || typeof r !== 'object')
+        throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${where}: each request must be an object { guestPhysAddr, size, to }`);
+      const o = r as Record<string, unknown>;
+      const req = { guestPhysAddr: u64(o['guestPhysAddr'], where, 'guestPhysAddr'), size: u64(o['size'], where, 'size'), to: o['to'] };
       checkRequest(where, req as ConversionRequest);
       return req as ConversionRequest;
     });
+    checkDisjoint(op, checked);
+    this.#conversionSupported(op);
     return convertRanges(this.#conversionContext(op), checked);
   }
 
@@ -267,8 +276,20 @@ export class Vm {
    * accessed them in.
    */
   convertOnMemoryFault(fault: MemoryFault): Promise<ConversionResult> {
-    const r = faultRequest(fault);
-    return this.convert(r.guestPhysAddr, r.size, r.to);
+    const op = 'vm.convertOnMemoryFault';
+    try {
+      if (fault === null || typeof fault !== 'object')
+        throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: fault must be a memory-fault exit { gpa, size, private }`);
+      const gpa = u64(fault.gpa, op, 'fault.gpa');
+      const size = u64(fault.size, op, 'fault.size');
+      if (typeof fault.private !== 'boolean')
+        throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: fault.private must be a boolean`);
+      if (gpa + size > 1n << 64n) throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: fault range wraps past 2^64`);
+      const r = faultRequest({ gpa, size, private: fault.private });
+      return this.convert(r.guestPhysAddr, r.size, r.to);
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
   /** The conversion engine's view of this VM. @internal */
@@ -285,8 +306,11 @@ export class Vm {
       return slot;
     };
     const backend: ConversionBackend = {
-      setAttributes(ranges: readonly GpaRange[], attributes: bigint): void {
+      recheck(): void {
+        vm.checkOpen(op);
         for (const id of planned.keys()) slotOf(id);
+      },
+      setAttributes(ranges: readonly GpaRange[], attributes: bigint): void {
         const triples = new BigUint64Array(ranges.length * 3);
         ranges.forEach((r, i) => {
           triples[3 * i] = r.guestPhysAddr;
