@@ -3,9 +3,12 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    setupFiles: ['test/setup.ts'],
     // Native addons and KVM fds are per process: run each file in its own child process.
     pool: 'forks',
-    testTimeout: 60_000,
-    hookTimeout: 60_000,
+    // Inside an emulated test kernel (gmem vm-run sets GMEM_VM_KERNEL) everything is
+    // many times slower.
+    testTimeout: process.env.GMEM_VM_KERNEL ? 600_000 : 60_000,
+    hookTimeout: process.env.GMEM_VM_KERNEL ? 600_000 : 60_000,
   },
 });

@@ -7,6 +7,7 @@ import {
   PAGE_SIZE,
   type AttributeRange,
 } from '../lib/events/attribute-map';
+import { runs } from './runs';
 
 const PAGE = BigInt(PAGE_SIZE);
 const TOP = 1n << 64n;
@@ -373,7 +374,7 @@ describe('AttributeMap: properties against a per-page model', () => {
         for (let p = 0; p < PAGES; p++) got.push(a.attributesAt(base + BigInt(p) * PAGE + 7n));
         expect(got).toEqual(model);
       }),
-      { numRuns: 300 },
+      { numRuns: runs(300) },
     );
   });
 
@@ -397,7 +398,7 @@ describe('AttributeMap: properties against a per-page model', () => {
         );
         expect(reported).toEqual(expected);
       }),
-      { numRuns: 300 },
+      { numRuns: runs(300) },
     );
   });
 
@@ -419,7 +420,7 @@ describe('AttributeMap: properties against a per-page model', () => {
           expect(a.ranges()).toEqual(before);
         },
       ),
-      { numRuns: 300 },
+      { numRuns: runs(300) },
     );
   });
 });

@@ -20,6 +20,7 @@ import {
 } from '../lib/events/conversion';
 import type { ConversionBackend } from '../lib/events/conversion';
 import { Notifier, type FileRangeEvent, type GpaRangeEvent } from '../lib/events/notifier';
+import { runs } from './runs';
 
 const PAGE = 4096n;
 const PRIVATE = MemoryAttribute.Private;
@@ -1272,7 +1273,7 @@ describe('conversion engine: property', () => {
           expect(kernelString).toBe(modelString);
         }
       }),
-      { numRuns: 400 },
+      { numRuns: runs(400) },
     );
   });
 });

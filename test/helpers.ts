@@ -117,3 +117,4 @@ export function gmemOf(vm: Vm, size: number): GuestMemfd {
   const inPlace = (BigInt(vm.checkExtension(Cap.GuestMemfdFlags)) & 3n) === 3n;
   return vm.createGuestMemfd({ size, mmap: inPlace, initShared: inPlace });
 }
+

@@ -2,6 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { IntervalMap, type IntervalEntry } from '../lib/events/interval-map';
+import { runs } from './runs';
 
 const entries = <V>(m: IntervalMap<V>): IntervalEntry<V>[] => [...m.ranges()];
 
@@ -425,7 +426,7 @@ describe('IntervalMap: properties against a per-key model', () => {
         }
         checkAgainstModel(m, model);
       }),
-      { numRuns: 400 },
+      { numRuns: runs(400) },
     );
   });
 
@@ -441,7 +442,7 @@ describe('IntervalMap: properties against a per-key model', () => {
         }
         checkAgainstModel(m, model);
       }),
-      { numRuns: 150 },
+      { numRuns: runs(150) },
     );
   });
 
@@ -466,7 +467,7 @@ describe('IntervalMap: properties against a per-key model', () => {
         checkAgainstModel(m, model);
         expect(m.size).toBe(0);
       }),
-      { numRuns: 200 },
+      { numRuns: runs(200) },
     );
   });
 
@@ -492,7 +493,7 @@ describe('IntervalMap: properties against a per-key model', () => {
         const stored = [...m.ranges(from, to)];
         expect(stored).toEqual(runs.filter((r) => r.value !== 'd'));
       }),
-      { numRuns: 300 },
+      { numRuns: runs(300) },
     );
   });
 
@@ -527,7 +528,7 @@ describe('IntervalMap: properties against a per-key model', () => {
           expect(entries(viaDiff)).toEqual(entries(m));
         },
       ),
-      { numRuns: 300 },
+      { numRuns: runs(300) },
     );
   });
 
@@ -553,7 +554,7 @@ describe('IntervalMap: properties against a per-key model', () => {
           expect(entries(m)).toEqual(expected);
         },
       ),
-      { numRuns: 300 },
+      { numRuns: runs(300) },
     );
   });
 
@@ -582,7 +583,7 @@ describe('IntervalMap: properties against a per-key model', () => {
         checkAgainstModel(m, model2);
         checkAgainstModel(copy, model2);
       }),
-      { numRuns: 300 },
+      { numRuns: runs(300) },
     );
   });
 });

@@ -3,6 +3,7 @@ import { describe, expect, test } from 'vitest';
 import fc from 'fast-check';
 import { SlotTable, type SlotExtent } from '../lib/memory/slot-table';
 import { DirtyBitmap } from '../lib/memory/dirty-log';
+import { runs } from './runs';
 
 const slot = (id: number, gpa: bigint, size: bigint, addressSpace = 0): SlotExtent => ({ id, addressSpace, guestPhysAddr: gpa, size });
 
@@ -67,7 +68,7 @@ describe('SlotTable', () => {
         const all = t.all().map((s) => s.guestPhysAddr);
         expect(all).toEqual([...all].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)));
       }),
-      { numRuns: 200 },
+      { numRuns: runs(200) },
     );
   });
 });
