@@ -6,3 +6,6 @@
 export function runs(n: number): number {
   return process.env['GMEM_VM_KERNEL'] ? Math.max(10, Math.ceil(n / 10)) : n;
 }
+
+/** How much longer things take here: 10 inside an emulated test kernel, else 1 (for time limits, never for assertions). */
+export const slowdown = process.env['GMEM_VM_KERNEL'] ? 10 : 1;

@@ -8,6 +8,7 @@ import { expect } from 'vitest';
 import { guest, loadRealMode, type Vcpu, type Vm } from '../lib/index';
 import { kvmTest } from '../lib/testing/vitest.mjs';
 import { kvmPath } from './helpers';
+import { slowdown } from './runs';
 
 const root = path.join(__dirname, '..');
 const PORT = 0x3f8;
@@ -40,7 +41,7 @@ function child(script: string, timeoutMs = 20_000): Promise<{ code: number | nul
     let out = '';
     p.stdout.on('data', (d) => (out += d));
     p.stderr.on('data', (d) => (out += d));
-    const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
+    const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs * slowdown);
     p.on('close', (code, signal) => {
       clearTimeout(timer);
       resolve({ code, signal, out, ms: Date.now() - started });
