@@ -167,7 +167,7 @@ test('an async invalidateStart delays the punch: data readable during it, zero a
 });
 
 test('memfd truncate is announced for the discarded tail', async () => {
-  using ram = Memfd.create('ram', { size: 4 * 4096 });
+  using ram = Memfd.create('ram', { size: 4 * 4096, shrinkable: true });
   const events = record<FileRangeEvent<MemoryFile>>(ram);
   await ram.truncate(4096);
   expect(events.map((e) => [e.phase, e.cause, e.offset, e.length])).toEqual([

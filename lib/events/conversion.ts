@@ -27,7 +27,7 @@ import {
   type Delivery,
   type InvalidationCause,
   type Notifier,
-  type NotifierListener,
+  type Registered,
 } from './notifier';
 import { hex } from '../core/validate';
 
@@ -239,7 +239,7 @@ export async function convertRanges(ctx: ConversionContext, requests: readonly C
 
   // 1. populate, for everything, before anything changes. Acceptance is tracked per
   // listener, so on a veto exactly the listeners that accepted hear the rollback.
-  const accepted: Array<readonly [Notifier<unknown>, NotifierListener<unknown>, unknown, Work]> = [];
+  const accepted: Array<readonly [Notifier<unknown>, Registered<unknown>, unknown, Work]> = [];
   for (const w of work) {
     const cause: InvalidationCause = w.to === 'private' ? 'convert-to-private' : 'convert-to-shared';
     const deliveries: Delivery[] = [vmDelivery(ctx, w, cause)];
@@ -248,10 +248,10 @@ export async function convertRanges(ctx: ConversionContext, requests: readonly C
       if (d) deliveries.push(d);
     }
     for (const [notifier, event] of deliveries) {
-      for (const listener of notifier.snapshot() as readonly NotifierListener<unknown>[]) {
+      for (const listener of notifier.snapshot() as readonly Registered<unknown>[]) {
         if (!listener.populate) continue;
         try {
-          await listener.populate.call(listener, event);
+          await listener.populate.call(listener.target, event);
         } catch (veto) {
           // Nothing changed in the kernel or the map; tell whoever accepted.
           await rollBack(accepted);

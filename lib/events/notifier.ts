@@ -12,7 +12,7 @@
  * rolls back and rejects with that error.
  */
 
-import { ArgumentTypeError } from '../core/errors';
+import { ArgumentTypeError, StateError } from '../core/errors';
 
 /** Why a range is being discarded. */
 export type InvalidationCause =
@@ -94,11 +94,31 @@ export type ListenerErrorHandler<E> = (
   event: E,
 ) => void;
 
+function describeError(error: unknown): string {
+  try {
+    return error instanceof Error ? error.message : String(error);
+  } catch {
+    return 'an error that cannot be printed';
+  }
+}
+
 function defaultErrorHandler(error: unknown, phase: string): void {
-  process.emitWarning(
-    `a notifier listener threw in ${phase}; the discard went ahead: ${error instanceof Error ? error.message : String(error)}`,
-    { type: 'GuestMemfdListenerWarning', code: 'ERR_LISTENER_FAILED' },
-  );
+  const what =
+    phase === 'populate'
+      ? 'a populate listener failed after it could no longer veto (its promise rejected)'
+      : `a notifier listener threw in ${phase}; the discard went ahead`;
+  process.emitWarning(`${what}: ${describeError(error)}`, { type: 'GuestMemfdListenerWarning', code: 'ERR_LISTENER_FAILED' });
+}
+
+/**
+ * A listener as registered: its callbacks read once, at registration, so a getter
+ * or a later change on the object cannot break (or hijack) a dispatch. @internal
+ */
+export interface Registered<E> {
+  readonly target: NotifierListener<E>;
+  readonly invalidateStart: ((event: E) => void | Promise<void>) | undefined;
+  readonly invalidateEnd: ((event: E) => void | Promise<void>) | undefined;
+  readonly populate: ((event: E) => void | Promise<void>) | undefined;
 }
 
 /**
@@ -113,10 +133,14 @@ function defaultErrorHandler(error: unknown, phase: string): void {
  * off();
  */
 export class Notifier<E> {
-  #listeners: NotifierListener<E>[] = [];
+  #listeners: Registered<E>[] = [];
   #replay: (() => E[]) | undefined;
 
-  /** Receives listener errors from `invalidateStart`/`invalidateEnd`. Replace to collect them. */
+  /**
+   * Receives listener errors from `invalidateStart`/`invalidateEnd` (and late populate
+   * failures). Replace to collect them. If it throws, the default (a process warning)
+   * reports both errors instead: a failing handler cannot stop a discard either.
+   */
   onError: ListenerErrorHandler<E> = defaultErrorHandler;
 
   /** @internal */
@@ -132,7 +156,8 @@ export class Notifier<E> {
   /**
    * Adds a listener. With `{ replay: true }` its `populate` callback first receives
    * every range that is populated now (cause `'replay'`), and the returned promise
-   * resolves to the unregister function once the replay is done.
+   * resolves to the unregister function once the replay is done. The callbacks are
+   * read from the object now; changing the object later changes nothing.
    */
   register(listener: NotifierListener<E>): Unregister;
   /** Adds a listener after replaying the populated ranges to its `populate`; resolves to the unregister function. */
@@ -145,24 +170,40 @@ export class Notifier<E> {
         'ERR_INVALID_ARG_TYPE',
         'notifier.register: listener must be an object with invalidateStart/invalidateEnd/populate',
       );
+    if (options !== undefined && (options === null || typeof options !== 'object'))
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', 'notifier.register: options must be an object { replay? }');
+    const replay = options?.replay;
+    if (replay !== undefined && typeof replay !== 'boolean')
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', 'notifier.register: options.replay must be a boolean');
+    const fns: Record<'invalidateStart' | 'invalidateEnd' | 'populate', ((event: E) => void | Promise<void>) | undefined> = {
+      invalidateStart: undefined,
+      invalidateEnd: undefined,
+      populate: undefined,
+    };
     for (const key of ['invalidateStart', 'invalidateEnd', 'populate'] as const) {
-      const fn = listener[key];
+      const fn: unknown = listener[key];
       if (fn !== undefined && typeof fn !== 'function')
         throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `notifier.register: listener.${key} must be a function`);
+      fns[key] = fn as ((event: E) => void | Promise<void>) | undefined;
     }
+    const entry: Registered<E> = { target: listener, ...fns };
     // A copy-on-write array: dispatch iterates a stable snapshot without copying.
-    this.#listeners = [...this.#listeners, listener];
+    this.#listeners = [...this.#listeners, entry];
     let registered = true;
     const unregister: Unregister = () => {
       if (!registered) return;
       registered = false;
-      const i = this.#listeners.indexOf(listener);
-      if (i >= 0) this.#listeners = this.#listeners.filter((_, j) => j !== i);
+      this.#listeners = this.#listeners.filter((l) => l !== entry);
     };
-    if (!options?.replay) return unregister;
+    if (!replay) return unregister;
     return (async () => {
-      if (listener.populate && this.#replay) {
-        for (const event of this.#replay()) await listener.populate.call(listener, event);
+      try {
+        if (entry.populate && this.#replay) {
+          for (const event of this.#replay()) await entry.populate.call(listener, event);
+        }
+      } catch (e) {
+        unregister();
+        throw e;
       }
       return unregister;
     })();
@@ -197,8 +238,28 @@ export class Notifier<E> {
   }
 
   /** The listeners now, for one dispatch. @internal */
-  snapshot(): readonly NotifierListener<E>[] {
+  snapshot(): readonly Registered<E>[] {
     return this.#listeners;
+  }
+
+  /**
+   * Reports a listener error through `onError`; if that throws too, both go to the
+   * default warning. Never throws. @internal
+   */
+  report(error: unknown, phase: 'invalidateStart' | 'invalidateEnd' | 'populate', event: E): void {
+    try {
+      this.onError(error, phase, event);
+    } catch (handlerError) {
+      try {
+        defaultErrorHandler(error, phase);
+        process.emitWarning(`the notifier's onError threw while reporting the ${phase} failure: ${describeError(handlerError)}`, {
+          type: 'GuestMemfdListenerWarning',
+          code: 'ERR_LISTENER_FAILED',
+        });
+      } catch {
+        // Nothing left to report with.
+      }
+    }
   }
 }
 
@@ -209,6 +270,15 @@ export type Delivery = readonly [Notifier<any>, unknown];
 export function quiet(deliveries: readonly Delivery[]): boolean {
   for (const [n] of deliveries) if (n.size > 0) return false;
   return true;
+}
+
+/** True for a value that looks like a promise (a listener's async result). @internal */
+export function isThenable(value: unknown): value is PromiseLike<unknown> {
+  try {
+    return value !== null && (typeof value === 'object' || typeof value === 'function') && typeof (value as { then?: unknown }).then === 'function';
+  } catch {
+    return false;
+  }
 }
 
 /**
@@ -222,9 +292,9 @@ export async function invalidate<T>(deliveries: readonly Delivery[], operation: 
     for (const l of listeners)
       if (l.invalidateStart)
         try {
-          await l.invalidateStart.call(l, e);
+          await l.invalidateStart.call(l.target, e);
         } catch (error) {
-          n.onError(error, 'invalidateStart', e);
+          n.report(error, 'invalidateStart', e);
         }
   try {
     return await operation();
@@ -233,10 +303,20 @@ export async function invalidate<T>(deliveries: readonly Delivery[], operation: 
       for (const l of listeners)
         if (l.invalidateEnd)
           try {
-            await l.invalidateEnd.call(l, e);
+            await l.invalidateEnd.call(l.target, e);
           } catch (error) {
-            n.onError(error, 'invalidateEnd', e);
+            n.report(error, 'invalidateEnd', e);
           }
+  }
+}
+
+/** Calls one listener callback synchronously; a returned promise is watched, not awaited. */
+function callSync<E>(n: Notifier<E>, fn: (event: E) => unknown, target: unknown, phase: 'invalidateStart' | 'invalidateEnd' | 'populate', e: E): void {
+  try {
+    const r = fn.call(target, e);
+    if (isThenable(r)) Promise.resolve(r).then(undefined, (error: unknown) => n.report(error, phase, e));
+  } catch (error) {
+    n.report(error, phase, e);
   }
 }
 
@@ -249,14 +329,7 @@ export function invalidateSync<T>(deliveries: readonly Delivery[], operation: ()
     for (const [n, e] of deliveries)
       for (const l of n.snapshot()) {
         const fn = l[phase];
-        if (!fn) continue;
-        try {
-          const r = fn.call(l, e);
-          if (r && typeof (r as Promise<void>).then === 'function')
-            (r as Promise<void>).then(undefined, (error) => n.onError(error, phase, e));
-        } catch (error) {
-          n.onError(error, phase, e);
-        }
+        if (fn) callSync(n, fn, l.target, phase, e);
       }
   };
   call('invalidateStart');
@@ -268,22 +341,31 @@ export function invalidateSync<T>(deliveries: readonly Delivery[], operation: ()
 }
 
 /** A populate one listener accepted, for rolling it back. @internal */
-export type Accepted = readonly [Notifier<unknown>, NotifierListener<unknown>, unknown];
+export type Accepted = readonly [Notifier<unknown>, Registered<unknown>, unknown];
 
 /**
  * Gives each listener that accepted a populate an invalidateStart/End pair (all
  * starts, then all ends). Listener errors are reported, never thrown. @internal
  */
-export async function rollBack(accepted: ReadonlyArray<readonly [Notifier<unknown>, NotifierListener<unknown>, unknown, ...unknown[]]>): Promise<void> {
+export async function rollBack(accepted: ReadonlyArray<readonly [Notifier<unknown>, Registered<unknown>, unknown, ...unknown[]]>): Promise<void> {
   for (const phase of ['invalidateStart', 'invalidateEnd'] as const)
     for (const [notifier, listener, event] of accepted) {
       const fn = listener[phase];
       if (!fn) continue;
       try {
-        await fn.call(listener, event);
+        await fn.call(listener.target, event);
       } catch (error) {
-        notifier.onError(error, phase, event);
+        notifier.report(error, phase, event);
       }
+    }
+}
+
+/** The synchronous form of {@link rollBack}, for synchronous callers. @internal */
+export function rollBackSync(accepted: ReadonlyArray<readonly [Notifier<unknown>, Registered<unknown>, unknown, ...unknown[]]>): void {
+  for (const phase of ['invalidateStart', 'invalidateEnd'] as const)
+    for (const [notifier, listener, event] of accepted) {
+      const fn = listener[phase];
+      if (fn) callSync(notifier, fn, listener.target, phase, event);
     }
 }
 
@@ -292,16 +374,51 @@ export async function rollBack(accepted: ReadonlyArray<readonly [Notifier<unknow
  * listeners that had accepted hear an invalidateStart/End pair, and the veto is
  * rethrown (the caller changes nothing). @internal
  */
-export async function populate(deliveries: readonly Delivery[]): Promise<void> {
+export async function populate(deliveries: readonly Delivery[]): Promise<void>;
+/** With `keep`: resolves to the acceptances, so the caller can roll them back if its own step fails. */
+export async function populate(deliveries: readonly Delivery[], options: { keep: true }): Promise<Accepted[]>;
+export async function populate(deliveries: readonly Delivery[], options?: { keep: true }): Promise<void | Accepted[]> {
   const accepted: Accepted[] = [];
   for (const [n, e] of deliveries)
-    for (const l of n.snapshot() as readonly NotifierListener<unknown>[]) {
+    for (const l of n.snapshot() as readonly Registered<unknown>[]) {
       if (!l.populate) continue;
       try {
-        await l.populate.call(l, e);
+        await l.populate.call(l.target, e);
       } catch (veto) {
         await rollBack(accepted);
         throw veto;
+      }
+      accepted.push([n as Notifier<unknown>, l, e]);
+    }
+  return options?.keep ? accepted : undefined;
+}
+
+/**
+ * The synchronous form of {@link populate}, for synchronous adds: a listener that
+ * throws vetoes; one that returns a promise cannot be waited for, so the add is
+ * refused (ERR_ASYNC_LISTENER) as if it had vetoed, and the promise's outcome is
+ * only reported. Either way the listeners that had accepted hear the rollback. @internal
+ */
+export function populateSync(deliveries: readonly Delivery[], op: string, asyncForm: string): void {
+  const accepted: Accepted[] = [];
+  for (const [n, e] of deliveries)
+    for (const l of n.snapshot() as readonly Registered<unknown>[]) {
+      if (!l.populate) continue;
+      let result: unknown;
+      try {
+        result = l.populate.call(l.target, e);
+      } catch (veto) {
+        rollBackSync(accepted);
+        throw veto;
+      }
+      if (isThenable(result)) {
+        // Keep its rejection from becoming an unhandled one.
+        Promise.resolve(result).then(undefined, (error: unknown) => (n as Notifier<unknown>).report(error, 'populate', e));
+        rollBackSync([...accepted, [n as Notifier<unknown>, l, e]]);
+        throw new StateError(
+          'ERR_ASYNC_LISTENER',
+          `${op}: a populate listener returned a promise, which a synchronous call cannot wait for (so it could not veto); use ${asyncForm}, which awaits populate listeners`,
+        );
       }
       accepted.push([n as Notifier<unknown>, l, e]);
     }

@@ -22,6 +22,7 @@ import { AttributeMap } from '../events/attribute-map';
 import { GuestMemory } from '../memory/guest-memory';
 import {
   addSlot,
+  addSlotAsync,
   MemorySlot,
   moveSlot,
   ownSlot,
@@ -162,6 +163,19 @@ export class Vm {
    */
   addMemorySlot(options: MemorySlotOptions): MemorySlot {
     return addSlot(this, options);
+  }
+
+  /**
+   * {@link Vm.addMemorySlot}, awaiting `populate` listeners first: an async listener
+   * can veto (reject), and whoever had accepted hears the rollback. The synchronous
+   * form refuses async populate listeners (ERR_ASYNC_LISTENER) since it cannot wait.
+   *
+   * @example
+   * vm.notifier.register({ async populate(e) { await cache.reserve(e.guestPhysAddr, e.size); } });
+   * const slot = await vm.addMemorySlotAsync({ guestPhysAddr: 0, size: 2 << 20, userspace: ram });
+   */
+  addMemorySlotAsync(options: MemorySlotOptions): Promise<MemorySlot> {
+    return addSlotAsync(this, options);
   }
 
   /**

@@ -50,6 +50,15 @@ export interface MemfdOptions {
   noExecSeal?: boolean;
   /** Use memfd_secret(2): memory removed from the kernel's direct map. */
   secret?: boolean;
+  /**
+   * Allow the file to shrink (default false). By default a memfd is sealed against
+   * shrinking (F_SEAL_SHRINK) once sized, so no process holding the fd (another
+   * process can open /proc/PID/fd/N) can truncate it under a mapping, where the next
+   * touch past the new end would kill this process with SIGBUS. `shrinkable: true`
+   * gives that guarantee up: only this library's own `truncate` is checked against
+   * live views and slots.
+   */
+  shrinkable?: boolean;
 }
 
 /**
@@ -69,6 +78,7 @@ export class Memfd extends MemoryFile {
   /** True for memfd_secret files. */
   readonly secret: boolean;
   readonly #fdNumber: number;
+  #shrinkSealed = false;
 
   private constructor(fd: number, name: string, hugetlb: HugePageSize | undefined, secret: boolean) {
     super(fd, 0);
@@ -79,8 +89,12 @@ export class Memfd extends MemoryFile {
   }
 
   /**
-   * Creates a memfd (memfd_create with MFD_CLOEXEC, or memfd_secret with `secret`)
-   * and sizes it.
+   * Creates a memfd (memfd_create with MFD_CLOEXEC, or memfd_secret with `secret`),
+   * sizes it and, unless `shrinkable`, seals it against shrinking (F_SEAL_SHRINK).
+   * Without `allowSealing` no other seal can be added later (F_SEAL_SEAL).
+   *
+   * @example
+   * using ram = Memfd.create('ram', { size: 2 << 20 });
    */
   static create(name: string, options?: MemfdOptions): Memfd {
     const op = 'Memfd.create';
@@ -93,6 +107,7 @@ export class Memfd extends MemoryFile {
     const allowSealing = bool(o.allowSealing, false, op, 'options.allowSealing');
     const noExecSeal = bool(o.noExecSeal, false, op, 'options.noExecSeal');
     const secret = bool(o.secret, false, op, 'options.secret');
+    const shrinkable = bool(o.shrinkable, false, op, 'options.shrinkable');
     const huge = o.hugetlb === undefined ? undefined : oneOf(o.hugetlb, ['2MB', '1GB'] as const, op, 'options.hugetlb');
     const granule = huge ? hugeSizes[huge].bytes : native.pageSize;
     if (size % granule !== 0)
@@ -103,7 +118,9 @@ export class Memfd extends MemoryFile {
         `${op}: options.secret cannot be combined with hugetlb, allowSealing or noExecSeal (memfd_secret takes no such flags)`,
       );
     let flags = 0;
-    if (allowSealing) flags |= MFD_ALLOW_SEALING;
+    // Sealing is always on: the shrink seal needs it (F_SEAL_SEAL closes it again
+    // for callers who did not ask for it).
+    if (!secret) flags |= MFD_ALLOW_SEALING;
     if (noExecSeal) flags |= MFD_NOEXEC_SEAL;
     if (huge) flags |= MFD_HUGETLB | (hugeSizes[huge].log2 << MFD_HUGE_SHIFT);
     let fd: number;
@@ -118,9 +135,14 @@ export class Memfd extends MemoryFile {
     const file = new Memfd(fd, name, huge, secret);
     try {
       if (size > 0) file.resize(size);
+      if (!secret) {
+        const seals = (shrinkable ? 0 : Seal.shrink) | (allowSealing ? 0 : Seal.seal);
+        if (seals) native.addSeals(fd, seals);
+        file.#shrinkSealed = !shrinkable;
+      }
     } catch (e) {
       file.close();
-      throw e;
+      throw explain(e, `${op}('${name}'): sealing`);
     }
     return file;
   }
@@ -191,6 +213,11 @@ export class Memfd extends MemoryFile {
       throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: size ${hex(n)} is not a multiple of ${this.granule} bytes`);
     const old = this.size;
     if (n >= old) return this.resize(n);
+    if (this.#shrinkSealed)
+      throw new StateError(
+        'ERR_SEALED',
+        `${op}: ${this.description} is sealed against shrinking (the default: no process holding its fd can cut it under a mapping, which would raise SIGBUS); create it with shrinkable: true to allow shrinking`,
+      );
     this.#checkShrink(op, n);
     this.shrinkingTo = n;
     try {
@@ -247,6 +274,7 @@ export class Memfd extends MemoryFile {
     for (const [i, s] of seals.entries()) bits |= Seal[oneOf(s, Object.keys(Seal) as SealName[], op, `seals[${i}]`)];
     try {
       native.addSeals(fd, bits);
+      if (bits & Seal.shrink) this.#shrinkSealed = true;
     } catch (e) {
       throw explain(e, `${op}([${seals.join(', ')}]) of ${this.description}`, {
         EPERM: 'the memfd was created without allowSealing, or F_SEAL_SEAL is already set',

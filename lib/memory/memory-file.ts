@@ -278,7 +278,13 @@ export abstract class MemoryFile {
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.discard(o, n, 'punch-hole', () => this.#punch(fd, o, n));
+    return this.discard(o, n, 'punch-hole', () => {
+      // Listeners were awaited: the file may be closed (and its fd number reused by
+      // another file), or a view mapped over a hugetlb range. Check again, by object.
+      const now = this.checkOpen(op);
+      this.checkDiscard(op, o, n);
+      this.#punch(now, o, n);
+    });
   }
 
   #punch(fd: number, offset: number, length: number): void {
@@ -295,7 +301,7 @@ export abstract class MemoryFile {
    */
   async punchHoles(ranges: ReadonlyArray<readonly [number | bigint, number | bigint]>): Promise<void> {
     const op = `${this.kind}.punchHoles`;
-    const fd = this.checkOpen(op);
+    this.checkOpen(op);
     if (!Array.isArray(ranges))
       throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: ranges must be an array of [offset, length] pairs`);
     const pairs = new BigUint64Array(ranges.length * 2);
@@ -308,8 +314,11 @@ export abstract class MemoryFile {
       checked.push([o, n]);
     });
     const run = () => {
+      // Listeners may have been awaited: the same checks again, on the open file.
+      const now = this.checkOpen(op);
+      checked.forEach(([o, n], i) => this.checkDiscard(`${op}[${i}]`, o, n));
       try {
-        native.fallocateMany(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, pairs);
+        native.fallocateMany(now, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, pairs);
       } catch (e) {
         throw explain(e, `${op}: range ${(e as { applied?: number }).applied ?? 0} of ${ranges.length}`);
       }
@@ -372,6 +381,8 @@ export abstract class MemoryFile {
   stat(): FileStat {
     const fd = this.checkOpen(`${this.kind}.stat`);
     native.fstat(fd, statScratch);
+    // Another holder of the fd may have resized the file: the kernel's answer wins.
+    if (this.#shrinkingTo === undefined && statScratch[0] !== this.#size) this.#size = statScratch[0]!;
     return {
       size: statScratch[0]!,
       allocatedBytes: statScratch[1]! * 512,

@@ -14,7 +14,9 @@ import {
   invalidate,
   invalidateSync,
   populate,
+  populateSync,
   quiet,
+  rollBack,
   type BoundRange,
   type Delivery,
   type InvalidationCause,
@@ -261,8 +263,8 @@ interface SlotPlan {
   userspaceOffset: number;
 }
 
-function slotError(code: string, message: string): StateError {
-  return new StateError(code, `vm.addMemorySlot: ${message}`);
+function slotError(code: string, message: string, op = 'vm.addMemorySlot'): StateError {
+  return new StateError(code, `${op}: ${message}`);
 }
 
 function range(gpa: bigint, size: bigint): string {
@@ -270,8 +272,7 @@ function range(gpa: bigint, size: bigint): string {
 }
 
 /** Validates options against the VM's capabilities and slot table. @internal */
-export function planSlot(vm: Vm, options: MemorySlotOptions): SlotPlan {
-  const op = 'vm.addMemorySlot';
+export function planSlot(vm: Vm, options: MemorySlotOptions, op = 'vm.addMemorySlot'): SlotPlan {
   vm.checkOpen(op);
   const o = readOptions<MemorySlotOptions>(options, op);
   if (o.guestPhysAddr === undefined) throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: options.guestPhysAddr is required`);
@@ -477,11 +478,40 @@ function makeBinding(slot: MemorySlot, fileOffset: number, role: 'userspace' | '
   };
 }
 
-/** Adds a slot: validate, map, kernel, then record. @internal */
+/** Adds a slot: validate, ask populate listeners (synchronously), map, kernel, then record. @internal */
 export function addSlot(vm: Vm, options: MemorySlotOptions): MemorySlot {
   const plan = planSlot(vm, options);
   const populating = slotDeliveries(vm, { ...plan, userspace: plannedUserspace(plan) }, 'slot-added');
-  if (!quiet(populating)) populateSync(populating);
+  if (!quiet(populating)) populateSync(populating, 'vm.addMemorySlot', 'vm.addMemorySlotAsync');
+  return commitSlot(vm, plan);
+}
+
+/**
+ * Adds a slot after awaiting every populate listener (a throw or a rejection vetoes,
+ * and whoever accepted hears the rollback). Listeners run before anything is mapped;
+ * the plan is checked again once they are done. @internal
+ */
+export async function addSlotAsync(vm: Vm, options: MemorySlotOptions): Promise<MemorySlot> {
+  const op = 'vm.addMemorySlotAsync';
+  const plan = planSlot(vm, options, op);
+  const populating = slotDeliveries(vm, { ...plan, userspace: plannedUserspace(plan) }, 'slot-added');
+  if (quiet(populating)) return commitSlot(vm, plan);
+  const accepted = await populate(populating, { keep: true });
+  let again: SlotPlan;
+  try {
+    // Listeners were awaited: the VM, the files or the GPA range may have changed.
+    again = planSlot(vm, options, op);
+    if (again.id !== plan.id || again.addressSpace !== plan.addressSpace)
+      throw slotError('ERR_SLOT_IN_USE', `slot id ${plan.id} was taken while populate listeners ran`, op);
+    return commitSlot(vm, again);
+  } catch (e) {
+    await rollBack(accepted);
+    throw e;
+  }
+}
+
+/** Maps the userspace memory, creates the slot in the kernel and records it. */
+function commitSlot(vm: Vm, plan: SlotPlan): MemorySlot {
   const userspace = acquireUserspace(plan);
   try {
     setRegion(vm, plan, userspace.view.address, 'vm.addMemorySlot');
@@ -496,21 +526,6 @@ export function addSlot(vm: Vm, options: MemorySlotOptions): MemorySlot {
   if (plan.guestMemfd) slot.bindings.push(makeBinding(slot, plan.guestMemfd.offset, 'private'));
   for (const b of slot.bindings) (b.role === 'private' ? plan.guestMemfd!.file : userspace.file!).bind(b);
   return slot;
-}
-
-/**
- * Populate listeners for a slot add run synchronously (the add is synchronous): a
- * throw vetoes; a returned promise is not awaited, so its rejection cannot veto and
- * is reported through the notifier's onError (phase 'populate').
- */
-function populateSync(deliveries: readonly Delivery[]): void {
-  for (const [n, e] of deliveries)
-    for (const l of n.snapshot())
-      if (l.populate) {
-        const r = l.populate.call(l, e);
-        if (r && typeof (r as Promise<void>).then === 'function')
-          (r as Promise<void>).then(undefined, (error) => n.onError(error, 'populate', e));
-      }
 }
 
 /** What a slot-wide event needs to know: the GPA range and the two backings. @internal */
