@@ -258,10 +258,16 @@ async function run(opts) {
   try {
     [ctx.c, ctx.python, ctx.node] = await Promise.all([
       needC ? startC(compiled.bin) : undefined,
-      needPython ? startPython() : undefined,
+      needPython
+        ? startPython().catch((e) => {
+            if (e instanceof SkipError) throw e;
+            process.stderr.write(`bench: no Python side: ${e.message}\n`);
+            return undefined;
+          })
+        : undefined,
       needNode ? openNodeOps() : undefined,
     ]);
-    process.stderr.write(`bench: ${opts.quick ? 'quick' : 'full'} run, sides ${opts.sides.join(', ')}\n`);
+    process.stderr.write(`bench: ${opts.partial ? 'partial' : opts.quick ? 'quick' : 'full'} run, sides ${['c', 'node', 'python'].filter((s) => ctx[s]).join(', ')}\n`);
     for (const row of rows.filter((r) => !r.busy && r.ref)) results.push(...(await measureRow(row, ctx)));
     if (busyRows.length) {
       const cores = availableParallelism();
