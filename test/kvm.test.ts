@@ -145,7 +145,7 @@ describe.skipIf(noKvm)(needsKvm('Kvm and Vm on the real kernel'), () => {
       for (let i = 0; i < 10; i++) vm.createGuestMemfd({ size: 4096 });
     })();
     expect(native.ownedFdCount()).toBe(owned + 12);
-    for (let i = 0; i < 20 && native.ownedFdCount() > owned; i++) {
+    for (let i = 0; i < 200 && native.ownedFdCount() > owned; i++) {
       collect();
       await new Promise((r) => setTimeout(r, 10));
     }

@@ -202,7 +202,7 @@ describe('memfd', () => {
       for (let i = 0; i < 50; i++) Memfd.create('dropped', { size: 4096 });
     })();
     expect(native.ownedFdCount()).toBe(owned + 50);
-    for (let i = 0; i < 20 && native.ownedFdCount() > owned; i++) {
+    for (let i = 0; i < 200 && native.ownedFdCount() > owned; i++) {
       collect();
       await new Promise((r) => setTimeout(r, 10));
     }
@@ -314,7 +314,7 @@ describe('views', () => {
       for (let i = 0; i < 100; i++) ram.map().buffer[0] = 1;
     })();
     expect(native.mappingCount()).toBe(before + 100);
-    for (let i = 0; i < 10 && native.mappingCount() > before; i++) {
+    for (let i = 0; i < 200 && native.mappingCount() > before; i++) {
       collect();
       await new Promise((r) => setTimeout(r, 20));
     }

@@ -53,7 +53,7 @@ describe.skipIf(noKvm)(needsKvm('worker threads'), () => {
     expect(during).toBeGreaterThan(before);
     await worker.terminate();
     // The env cleanup hook stopped the vCPU thread and closed every fd the worker held.
-    for (let i = 0; i < 50 && openFds() > before; i++) await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 200 && openFds() > before; i++) await new Promise((r) => setTimeout(r, 20));
     expect(openFds()).toBe(before);
   });
 });

@@ -114,3 +114,11 @@ export function oneOf<T extends string>(value: unknown, allowed: readonly T[], o
     );
   return value as T;
 }
+
+/**
+ * `fallback` when `value` is absent (undefined) — but not when it is null: a null
+ * option is a mistake to report, not a request for the default. @internal
+ */
+export function given<T>(value: T | null | undefined, fallback: T): T | null {
+  return value === undefined ? fallback : value;
+}

@@ -21,7 +21,7 @@ export function enableCapOn(
   const f = uint(flags, op, 'flags', 0xffffffff);
   if (!Array.isArray(args) || args.length > 4)
     throw new ArgumentRangeError('ERR_INVALID_ARG_VALUE', `${op}: args must be an array of at most 4 numbers or bigints`);
-  const a = [0, 1, 2, 3].map((i) => u64(args[i] ?? 0, op, `args[${i}]`));
+  const a = [0, 1, 2, 3].map((i) => u64(i < args.length ? args[i] : 0, op, `args[${i}]`));
   try {
     native.enableCap(fd, c, f, a[0]!, a[1]!, a[2]!, a[3]!);
   } catch (e) {

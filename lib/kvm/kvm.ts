@@ -2,10 +2,10 @@
  * The KVM system fd (/dev/kvm).
  */
 import { Cap, capName, decodeCapabilities, VmType, type Capabilities, type VmTypeName } from '../core/caps';
-import { ArgumentTypeError, closedError, explain, UnsupportedError } from '../core/errors';
+import { ArgumentRangeError, ArgumentTypeError, closedError, explain, UnsupportedError } from '../core/errors';
 import { native } from '../native';
 import { closed, track, type FdCell } from '../core/ownership';
-import { options as readOptions, oneOf, uint } from '../core/validate';
+import { options as readOptions, oneOf, uint, given } from '../core/validate';
 import { decodeCpuid, type CpuidEntry } from './cpuid';
 import { Vm } from './vm';
 
@@ -52,7 +52,9 @@ export class Kvm {
    */
   static open(path: string = defaultKvmPath()): Kvm {
     if (typeof path !== 'string')
-      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `Kvm.open: path must be a string, got ${typeof path}`);
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `Kvm.open: path must be a string, got ${path === null ? 'null' : typeof path}`);
+    if (path.length === 0 || path.includes('\0'))
+      throw new ArgumentRangeError('ERR_INVALID_ARG_VALUE', `Kvm.open: path must be a non-empty string without NUL characters`);
     let fd: number;
     try {
       fd = native.kvmOpen(path);
@@ -73,7 +75,11 @@ export class Kvm {
 
   /** The system fd. Throws ERR_CLOSED after close. */
   get fd(): number {
-    if (this.#fd < 0) throw closedError('the KVM device', 'fd');
+    return this.#open('kvm.fd');
+  }
+
+  #open(op: string): number {
+    if (this.#fd < 0) throw closedError('the KVM device', op);
     return this.#fd;
   }
 
@@ -88,12 +94,12 @@ export class Kvm {
    */
   checkExtension(cap: number): number {
     const c = uint(cap, 'kvm.checkExtension', 'cap', 0xffffffff);
-    return native.checkExtension(this.fd, c);
+    return native.checkExtension(this.#open('kvm.checkExtension'), c);
   }
 
   /** Every guest-memory related capability of this host, decoded. */
   capabilities(): Capabilities {
-    const fd = this.fd;
+    const fd = this.#open('kvm.capabilities');
     return decodeCapabilities((cap) => native.checkExtension(fd, cap));
   }
 
@@ -106,7 +112,7 @@ export class Kvm {
    * vcpu.setCpuid(withCpuidLeaf(table, 0x40000000, 0, { eax: 0x40000001 }));
    */
   getSupportedCpuid(): CpuidEntry[] {
-    const fd = this.fd;
+    const fd = this.#open('kvm.getSupportedCpuid');
     if (!this.#supportedCpuid) {
       try {
         this.#supportedCpuid = native.getSupportedCpuid(fd);
@@ -119,7 +125,7 @@ export class Kvm {
 
   /** KVM_GET_VCPU_MMAP_SIZE (cached). @internal */
   vcpuMmapSize(): number {
-    if (this.#vcpuMmapSize === 0) this.#vcpuMmapSize = native.getVcpuMmapSize(this.fd);
+    if (this.#vcpuMmapSize === 0) this.#vcpuMmapSize = native.getVcpuMmapSize(this.#open('kvm.vcpuMmapSize'));
     return this.#vcpuMmapSize;
   }
 
@@ -129,9 +135,9 @@ export class Kvm {
    */
   createVm(options?: CreateVmOptions): Vm {
     const op = 'kvm.createVm';
-    const fd = this.fd;
+    const fd = this.#open(op);
     const o = readOptions<CreateVmOptions>(options, op);
-    const type = oneOf(o.type ?? 'default', Object.keys(VmType) as VmTypeName[], op, 'options.type');
+    const type = oneOf(given(o.type, 'default'), Object.keys(VmType) as VmTypeName[], op, 'options.type');
     const number = VmType[type];
     if (number !== 0) {
       const types = native.checkExtension(fd, Cap.VmTypes);

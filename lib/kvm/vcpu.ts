@@ -345,7 +345,7 @@ export class Vcpu {
 
   /** The vCPU fd. Throws ERR_CLOSED after close. */
   get fd(): number {
-    if (this.#fd < 0) throw closedError(`vCPU ${this.id}`, 'fd');
+    if (this.#fd < 0) throw closedError(`vCPU ${this.id}`, 'vcpu.fd');
     return this.#fd;
   }
 

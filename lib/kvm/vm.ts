@@ -35,7 +35,7 @@ import {
 import { SlotTable } from '../memory/slot-table';
 import { enableCapOn } from './enable-cap';
 import { Vcpu } from './vcpu';
-import { cpuidForVcpu, type CpuidEntry } from './cpuid';
+import { cpuidForVcpu, findCpuid, type CpuidEntry } from './cpuid';
 import {
   checkDisjoint,
   checkRequest,
@@ -87,6 +87,9 @@ export class Vm {
   readonly #files = new Set<GuestMemfd>();
   readonly #capCache = new Map<number, number>();
   readonly #vcpus = new Map<number, Vcpu>();
+  /** Ids of vCPUs closed here: the kernel keeps a VM's vCPUs until the VM goes. */
+  readonly #retiredVcpus = new Set<number>();
+  #physBits: number | undefined | null = null;
 
   /** @internal */
   constructor(kvm: Kvm, fd: number, type: VmTypeName) {
@@ -115,8 +118,7 @@ export class Vm {
 
   /** The VM fd. Throws ERR_CLOSED after close. */
   get fd(): number {
-    if (this.#fd < 0) throw closedError('the VM', 'fd');
-    return this.#fd;
+    return this.checkOpen('vm.fd');
   }
 
   /** True after `close()`. */
@@ -401,7 +403,9 @@ export class Vm {
 
   /** The slot containing `guestPhysAddr` (address space 0 unless given), if any. */
   slotAt(guestPhysAddr: number | bigint, addressSpace = 0): MemorySlot | undefined {
-    return this.slotTable.at(addressSpace, u64(guestPhysAddr, 'vm.slotAt', 'guestPhysAddr'));
+    const gpa = u64(guestPhysAddr, 'vm.slotAt', 'guestPhysAddr');
+    const space = uint(addressSpace, 'vm.slotAt', 'addressSpace', 0xffff);
+    return this.slotTable.at(space, gpa);
   }
 
   /**
@@ -419,7 +423,25 @@ export class Vm {
    */
   checkExtension(cap: number): number {
     const c = uint(cap, 'vm.checkExtension', 'cap', 0xffffffff);
-    return native.checkExtension(this.fd, c);
+    return native.checkExtension(this.checkOpen('vm.checkExtension'), c);
+  }
+
+  /**
+   * Guest physical address bits vCPUs of this host get (CPUID 0x80000008 EAX[7:0] of
+   * KVM_GET_SUPPORTED_CPUID), or undefined where the table has no such leaf. @internal
+   */
+  physicalAddressBits(): number | undefined {
+    if (this.#physBits === null) {
+      let bits: number | undefined;
+      try {
+        const leaf = findCpuid(this.kvm.getSupportedCpuid(), 0x80000008);
+        bits = leaf && (leaf.eax & 0xff) >= 32 ? leaf.eax & 0xff : undefined;
+      } catch {
+        bits = undefined;
+      }
+      this.#physBits = bits;
+    }
+    return this.#physBits;
   }
 
   /** A VM capability, asked once: a VM's answers do not change during its life. @internal */
@@ -441,7 +463,7 @@ export class Vm {
 
   /** This VM's guest-memory capabilities, decoded. */
   capabilities(): Capabilities {
-    const fd = this.fd;
+    const fd = this.checkOpen('vm.capabilities');
     return decodeCapabilities((cap) => native.checkExtension(fd, cap));
   }
 
@@ -558,6 +580,11 @@ export class Vm {
     if (o.cpuid !== undefined && o.cpuid !== false && !Array.isArray(o.cpuid))
       throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: options.cpuid must be an array of CPUID entries or false`);
     if (this.#vcpus.has(n)) throw new StateError('ERR_IN_USE', `${op}: vCPU ${n} already exists`);
+    if (this.#retiredVcpus.has(n))
+      throw new StateError(
+        'ERR_IN_USE',
+        `${op}: vCPU id ${n} belonged to a vCPU closed earlier; the kernel keeps a VM's vCPUs until the VM closes, so the id cannot be reused (pick another)`,
+      );
     const cpuid = o.cpuid === false ? undefined : (o.cpuid ?? cpuidForVcpu(this.kvm.getSupportedCpuid(), n));
     let vcpuFd: number;
     try {
@@ -584,6 +611,7 @@ export class Vm {
   /** @internal */
   forgetVcpu(vcpu: Vcpu): void {
     if (this.#vcpus.get(vcpu.id) === vcpu) this.#vcpus.delete(vcpu.id);
+    this.#retiredVcpus.add(vcpu.id);
   }
 
   /** The open vCPUs, by id. */

@@ -5,7 +5,7 @@
 import { ArgumentRangeError, ArgumentTypeError, explain, StateError } from '../core/errors';
 import { MemoryFile } from './memory-file';
 import { native } from '../native';
-import { bool, fileNumber, hex, oneOf, options as readOptions } from '../core/validate';
+import { bool, fileNumber, hex, oneOf, options as readOptions, given } from '../core/validate';
 
 const MFD_ALLOW_SEALING = 0x0002;
 const MFD_HUGETLB = 0x0004;
@@ -103,7 +103,7 @@ export class Memfd extends MemoryFile {
     if (Buffer.byteLength(name) > 249 || name.includes('\0'))
       throw new ArgumentRangeError('ERR_INVALID_ARG_VALUE', `${op}: name must be at most 249 bytes without NUL characters`);
     const o = readOptions<MemfdOptions>(options, op);
-    const size = fileNumber(o.size ?? 0, op, 'options.size');
+    const size = fileNumber(given(o.size, 0), op, 'options.size');
     const allowSealing = bool(o.allowSealing, false, op, 'options.allowSealing');
     const noExecSeal = bool(o.noExecSeal, false, op, 'options.noExecSeal');
     const secret = bool(o.secret, false, op, 'options.secret');

@@ -124,7 +124,7 @@ export abstract class MemoryFile {
 
   /** The file descriptor. Throws ERR_CLOSED after close. */
   get fd(): number {
-    if (this.#fd < 0) throw closedError(this.description, 'fd');
+    if (this.#fd < 0) throw closedError(this.description, `${this.kind}.fd`);
     return this.#fd;
   }
 
@@ -198,7 +198,7 @@ export abstract class MemoryFile {
         'ERR_OUT_OF_RANGE',
         `${op}: offset ${hex(o)} is at or past the end of ${this.description} (size ${hex(this.size)})`,
       );
-    const [start, n] = this.range(op, o, length ?? this.size - o, native.pageSize);
+    const [start, n] = this.range(op, o, length === undefined ? this.size - o : length, native.pageSize);
     if (n > MAX_VIEW)
       throw new ArgumentRangeError(
         'ERR_OUT_OF_RANGE',

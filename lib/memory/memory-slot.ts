@@ -21,8 +21,11 @@ import {
   type Delivery,
   type InvalidationCause,
 } from '../events/notifier';
-import { bool, fileNumber, hex, options as readOptions, PAGE_SIZE, u64, uint } from '../core/validate';
+import { bool, fileNumber, hex, options as readOptions, PAGE_SIZE, u64, uint, given } from '../core/validate';
 import type { Vm } from '../kvm/vm';
+
+/** The largest Buffer Node allows (4 GiB on Node 20). */
+const MAX_BUFFER = 2 ** 32;
 
 /** KVM_MEM_* slot flags. */
 export const SlotFlag = {
@@ -286,11 +289,17 @@ export function planSlot(vm: Vm, options: MemorySlotOptions, op = 'vm.addMemoryS
     throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: options.size ${hex(size)} is not page-aligned (${PAGE_SIZE})`);
   if (gpa + size > 1n << 64n)
     throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: GPA range ${range(gpa, size)} wraps past 2^64`);
+  const bits = vm.physicalAddressBits();
+  if (bits !== undefined && gpa + size > 1n << BigInt(bits))
+    throw new ArgumentRangeError(
+      'ERR_OUT_OF_RANGE',
+      `${op}: GPA range ${range(gpa, size)} ends past the ${bits}-bit guest physical address space (CPUID 0x80000008 of this host's KVM, what its vCPUs see): a guest could never reach it`,
+    );
   const readonly = bool(o.readonly, false, op, 'options.readonly');
   const logDirty = bool(o.logDirtyPages, false, op, 'options.logDirtyPages');
 
   const spaces = Math.max(1, vm.cap(Cap.MultiAddressSpace));
-  const addressSpace = uint(o.addressSpace ?? 0, op, 'options.addressSpace', spaces - 1);
+  const addressSpace = uint(given(o.addressSpace, 0), op, 'options.addressSpace', spaces - 1);
   const nrSlots = vm.requireCap(Cap.NrMemslots, 'memory slots');
 
   let gmem: { file: GuestMemfd; offset: number } | undefined;
@@ -304,7 +313,7 @@ export function planSlot(vm: Vm, options: MemorySlotOptions, op = 'vm.addMemoryS
     if (file.closed) throw new StateError('ERR_CLOSED', `${op}: options.guestMemfd.file ${file.description} is closed`);
     if (file.owner !== vm)
       throw slotError('ERR_FOREIGN_GUEST_MEMFD', `${file.description} belongs to another VM; a guest_memfd binds only to the VM that created it (the kernel says EINVAL)`);
-    const offset = fileNumber(g.offset ?? 0, op, 'options.guestMemfd.offset');
+    const offset = fileNumber(given(g.offset, 0), op, 'options.guestMemfd.offset');
     if (offset % PAGE_SIZE !== 0)
       throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: options.guestMemfd.offset ${hex(offset)} is not page-aligned (${PAGE_SIZE})`);
     if (BigInt(offset) + size > BigInt(file.size))
@@ -390,7 +399,15 @@ export function planSlot(vm: Vm, options: MemorySlotOptions, op = 'vm.addMemoryS
       'ERR_INVALID_ARG_TYPE',
       `${op}: options.userspace must be a Memfd, GuestMemfd, MemoryView or 'anonymous'`,
     );
+  } else if (o.userspaceOffset !== undefined) {
+    throw new ArgumentRangeError('ERR_INVALID_ARG_VALUE', `${op}: options.userspaceOffset applies to file backings, not anonymous memory`);
   }
+  // A slot's own mapping is also the host's view of it: one Buffer.
+  if (!(userspace instanceof MemoryView) && size > BigInt(MAX_BUFFER))
+    throw new ArgumentRangeError(
+      'ERR_OUT_OF_RANGE',
+      `${op}: options.size ${hex(size)} exceeds the largest mapping this library gives a slot (${hex(MAX_BUFFER)}, the largest Buffer); use several slots`,
+    );
   if (!gmem && !vm.cap(Cap.UserMemory2)) vm.requireCap(Cap.UserMemory, 'memory slots');
 
   let flags = 0;
@@ -673,12 +690,12 @@ export function rawRegion2(vm: Vm, region: UserMemoryRegion2): void {
   const fd = vm.checkOpen(op);
   const r = readOptions<UserMemoryRegion2>(region, op, 'region');
   const slot = uint(r.slot, op, 'region.slot', 0xffffffff);
-  const flags = uint(r.flags ?? 0, op, 'region.flags', 0xffffffff);
+  const flags = uint(given(r.flags, 0), op, 'region.flags', 0xffffffff);
   const gpa = u64(r.guestPhysAddr, op, 'region.guestPhysAddr');
   const size = u64(r.memorySize, op, 'region.memorySize');
-  const uaddr = u64(r.userspaceAddr ?? 0, op, 'region.userspaceAddr');
-  const gfd = r.guestMemfd instanceof GuestMemfd ? r.guestMemfd.fd : uint(r.guestMemfd ?? 0, op, 'region.guestMemfd', 0x7fffffff);
-  const goff = u64(r.guestMemfdOffset ?? 0, op, 'region.guestMemfdOffset');
+  const uaddr = u64(given(r.userspaceAddr, 0), op, 'region.userspaceAddr');
+  const gfd = r.guestMemfd instanceof GuestMemfd ? r.guestMemfd.fd : uint(given(r.guestMemfd, 0), op, 'region.guestMemfd', 0x7fffffff);
+  const goff = u64(given(r.guestMemfdOffset, 0), op, 'region.guestMemfdOffset');
   const tracked = vm.slotTable.get(slot >>> 16, slot & 0xffff);
   if (tracked)
     throw new StateError(
