@@ -4,6 +4,9 @@ export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
     setupFiles: ['test/setup.ts'],
+    // Transformed modules are cached on disk: the runs inside the test kernels (which
+    // see this directory) reuse what the host's run transformed.
+    experimental: { fsModuleCache: true },
     // Native addons and KVM fds are per process: run each file in its own child process.
     pool: 'forks',
     // Inside an emulated test kernel (gmem vm-run sets GMEM_VM_KERNEL) everything is

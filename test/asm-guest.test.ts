@@ -1,6 +1,6 @@
 // Guests written with the assembler, run on the real /dev/kvm in 64-bit mode.
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-import { Assembler, type GuestMemfd, type IoExit, Kvm, loadLongMode, mem, type Vcpu, type Vm } from '../lib/index';
+import { Assembler, type IoExit, Kvm, loadLongMode, mem, Memfd, type Vcpu, type Vm } from '../lib/index';
 import { kvmPath, needsKvm, noKvm } from './helpers';
 
 const MiB = 1 << 20;
@@ -27,16 +27,19 @@ const rotl64 = (v: bigint, n: bigint): bigint => BigInt.asUintN(64, (v << n) | (
 describe.skipIf(noKvm)(needsKvm('assembled guests on the real kernel'), () => {
   let kvm: Kvm;
   let vm: Vm;
-  let gmem: GuestMemfd;
+  let ram: Memfd;
   beforeEach(() => {
     kvm = Kvm.open(kvmPath);
     vm = kvm.createVm();
-    gmem = vm.createGuestMemfd({ size: 4 * MiB, mmap: true, initShared: true });
+    ram = Memfd.create('asm-guest', { size: 4 * MiB });
     // Low memory: code, page tables (0x10000..0x1b000) and stack. At 4 GiB: the buffer.
-    vm.addMemorySlot({ guestPhysAddr: 0, size: 2 * MiB, guestMemfd: { file: gmem, offset: 0 } });
-    vm.addMemorySlot({ guestPhysAddr: G4, size: 2 * MiB, guestMemfd: { file: gmem, offset: 2 * MiB } });
+    vm.addMemorySlot({ guestPhysAddr: 0, size: 2 * MiB, userspace: ram });
+    vm.addMemorySlot({ guestPhysAddr: G4, size: 2 * MiB, userspace: ram, userspaceOffset: 2 * MiB });
   });
-  afterEach(() => kvm.close());
+  afterEach(() => {
+    kvm.close();
+    ram.close();
+  });
 
   test('a guest writes a pattern at 4 GiB, checksums it and reports the sum over port I/O', async () => {
     const count = 3000;
@@ -92,7 +95,7 @@ describe.skipIf(noKvm)(needsKvm('assembled guests on the real kernel'), () => {
     }
     expect(last).toBe('hlt');
     expect(values).toEqual([Number(sum & 0xffff_ffffn), Number(sum >> 32n)]);
-    const seen = gmem.map(2 * MiB, 4096).buffer;
+    const seen = ram.map(2 * MiB, 4096).buffer;
     expect(Buffer.compare(seen.subarray(0x100, 0x100 + count), pattern)).toBe(0);
     expect(seen[0x100 + count]).toBe(0);
     const regs = vcpu.getRegs();

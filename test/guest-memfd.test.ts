@@ -6,6 +6,10 @@ import { Cap, GuestMemfd, KvmError, UnsupportedError, type Vm } from '../lib/ind
 import { kvmTest } from '../lib/testing/vitest.mjs';
 import { native } from '../lib/native';
 import { codeOf, openFds } from './helpers';
+import { runs } from './runs';
+
+/** Create/close cycles of the leak tests (fewer inside an emulated kernel). */
+const CYCLES = runs(1000);
 
 const MiB = 1 << 20;
 const test = kvmTest({ guestMemfd: true });
@@ -175,7 +179,7 @@ mappableTest('bad offsets and lengths are typed errors', async ({ vm }) => {
   await expect(g.punchHole(NaN, 4096)).rejects.toBeInstanceOf(RangeError);
 });
 
-test('windowed maps reach far into a file larger than a Buffer', ({ vm }) => {
+mappableTest('windowed maps reach far into a file larger than a Buffer', ({ vm }) => {
   const size = 16 * 1024 * MiB;
   const g = vm.createGuestMemfd({ size, mmap: true, initShared: true });
   const window = g.map(12 * 1024 * MiB, 4096);
@@ -216,10 +220,10 @@ mappableTest('Symbol.dispose closes the file', ({ vm }) => {
   expect(g.closed).toBe(true);
 });
 
-test('1,000 create/map/close cycles leave no fd or mapping behind', ({ vm }) => {
+mappableTest(`${CYCLES.toLocaleString('en')} create/map/close cycles leave no fd or mapping behind`, ({ vm }) => {
   const fds = openFds();
   const maps = native.mappingCount();
-  for (let i = 0; i < 1000; i++) {
+  for (let i = 0; i < CYCLES; i++) {
     const g = vm.createGuestMemfd({ size: 64 * 1024, mmap: true, initShared: true });
     g.map().buffer[0] = 1;
     g.close();

@@ -3,6 +3,10 @@ import { describe, expect, test } from 'vitest';
 import { Cap, Kvm, KvmError, UnsupportedError, StateError, VmType, type VmTypeName } from '../lib/index';
 import { findVmType, titleWithReason } from '../lib/testing/index';
 import { codeOf, kvmPath, needsKvm, noKvm, openFds } from './helpers';
+import { runs } from './runs';
+
+/** Create/close cycles of the leak tests (fewer inside an emulated kernel). */
+const CYCLES = runs(1000);
 
 const { type: gmemType, reason: gmemReason } = findVmType({ guestMemfd: true });
 
@@ -152,9 +156,9 @@ describe.skipIf(noKvm)(needsKvm('Kvm and Vm on the real kernel'), () => {
     expect(native.ownedFdCount()).toBe(owned);
   });
 
-  test('1,000 open/close cycles of Kvm and Vm leave no fd behind', () => {
+  test(`${CYCLES.toLocaleString('en')} open/close cycles of Kvm and Vm leave no fd behind`, () => {
     const before = openFds();
-    for (let i = 0; i < 1000; i++) {
+    for (let i = 0; i < CYCLES; i++) {
       const kvm = Kvm.open(kvmPath);
       kvm.createVm().close();
       kvm.close();

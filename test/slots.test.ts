@@ -4,6 +4,10 @@ import { Cap, GuestMemfd, KvmError, Memfd, MemorySlot, StateError, Vm } from '..
 import { native } from '../lib/native';
 import { kvmTest } from '../lib/testing/vitest.mjs';
 import { codeOf, gmemOf as sizedGmem, openFds } from './helpers';
+import { runs } from './runs';
+
+/** Create/close cycles of the leak tests (fewer inside an emulated kernel). */
+const CYCLES = runs(1000);
 
 const MiB = 1 << 20;
 const G4 = 1n << 32n;
@@ -337,12 +341,12 @@ test('removeMemorySlot deletes the slot in the kernel, unmaps its own mapping an
   await expect(vm.removeMemorySlot(slot)).rejects.toMatchObject({ code: 'ERR_CLOSED' });
 });
 
-test('add/remove 1,000 times leaks no fd or mapping', async ({ vm }) => {
+test(`add/remove ${CYCLES.toLocaleString('en')} times leaks no fd or mapping`, async ({ vm }) => {
   const gmem = gmemOf(vm);
   const fds = openFds();
   const maps = native.mappingCount();
   using ram = Memfd.create('ram', { size: 2 * MiB });
-  for (let i = 0; i < 1000; i++) {
+  for (let i = 0; i < CYCLES; i++) {
     const a = vm.addMemorySlot({ guestPhysAddr: G4, size: 2 * MiB, guestMemfd: { file: gmem } });
     const b = vm.addMemorySlot({ guestPhysAddr: 0, size: 2 * MiB, userspace: ram });
     const c = vm.addMemorySlot({ guestPhysAddr: 2n * G4, size: 64 * 1024, userspace: 'anonymous' });
