@@ -49,6 +49,8 @@ for (const kernel of list) {
     cwd: root,
     numaNodes,
     memoryMiB: 4096,
+    // A few huge pages, so the hugetlb tests run inside too.
+    append: 'hugepagesz=2M hugepages=8',
     timeoutMs: 40 * 60_000,
   });
   const verdict = r.exitCode === 0 ? 'passed' : r.error ? `failed: ${r.error}` : `failed (exit ${r.exitCode})`;
