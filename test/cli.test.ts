@@ -1,5 +1,6 @@
 // The gmem CLI, run in-process through its command tree and as a real process.
 import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { buildCli } from '../lib/tools/cli';
@@ -28,16 +29,38 @@ async function run(args: string[]): Promise<{ out: string; err: string; code: nu
 }
 
 describe('gmem probe without KVM', () => {
-  test('a missing device prints what to do and exits non-zero', async () => {
+  test('a missing device prints that it is missing and exits non-zero; only /dev/kvm missing means no KVM', async () => {
     const r = await run(['probe', '--device', '/nonexistent/kvm']);
     expect(r.code).toBe(2);
-    expect(r.err).toMatch(/\/nonexistent\/kvm does not exist: this machine has no KVM/);
+    expect(r.err).toMatch(/\/nonexistent\/kvm does not exist \(the default KVM device is \/dev\/kvm\)/);
+    expect(r.err).not.toMatch(/no KVM/);
     expect(r.out).toBe('');
+    const e = new KvmError({ errno: 2, syscall: 'open' });
+    expect(explainProbeFailure(e, '/dev/kvm')).toMatch(/this machine has no KVM/);
   });
 
-  test('permission problems get advice about the kvm group', () => {
+  test('--json reports a failure as JSON on stdout', async () => {
+    const r = await run(['probe', '--json', '--device', '/nonexistent/kvm']);
+    expect(r.code).toBe(2);
+    expect(JSON.parse(r.out)).toMatchObject({ path: '/nonexistent/kvm', error: { code: 'ENOENT', errno: 2, advice: expect.stringMatching(/does not exist/) } });
+    expect(r.err).toBe('');
+  });
+
+  test('permission problems get advice about the kvm group, said once', () => {
     const e = new KvmError({ errno: 13, syscall: 'open' });
     expect(explainProbeFailure(e, '/dev/kvm')).toMatch(/group that owns it/);
+  });
+
+  const asNobody = existsSync('/usr/bin/setpriv') && process.getuid?.() === 0 && !noKvm ? undefined : 'needs root, setpriv and a KVM device';
+  test.skipIf(!!asNobody)(`an unprivileged open says permission denied once, with the advice${asNobody ? ` [skipped: ${asNobody}]` : ''}`, () => {
+    const r = spawnSync(
+      'setpriv',
+      ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', `try { require(${JSON.stringify(path.join(__dirname, '..'))}).Kvm.open(${JSON.stringify(kvmPath)}) } catch (e) { console.log(e.code + ' ' + e.message) }`],
+      { encoding: 'utf8' },
+    );
+    expect(r.stdout).toMatch(/^EACCES /);
+    expect(r.stdout.match(/permission denied/gi)).toHaveLength(1);
+    expect(r.stdout).toMatch(/group that owns the device/);
   });
 });
 

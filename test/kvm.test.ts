@@ -98,7 +98,7 @@ describe.skipIf(noKvm)(needsKvm('Kvm and Vm on the real kernel'), () => {
       expect(error).toBeInstanceOf(UnsupportedError);
       expect((error as UnsupportedError).capability).toBe('KVM_CAP_VM_TYPES');
       expect((error as UnsupportedError).reported).toBe(types);
-      expect((error as Error).message).toMatch(new RegExp(`'${unoffered}' VM.*KVM_CAP_VM_TYPES=`));
+      expect((error as Error).message).toMatch(new RegExp(`'${unoffered}' VM.*KVM_CAP_VM_TYPES=.*\\(offered: default`));
     },
   );
 

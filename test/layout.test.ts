@@ -36,9 +36,37 @@ describe('layout schema', () => {
     ]);
   });
 
+  test('sizes spelled 2MB, 4KB, 1GB or 2M are binary units, like KiB/MiB/GiB', () => {
+    const spec = parseLayout({
+      files: { h: { type: 'memfd', size: '2MB', hugetlb: '2MB' } },
+      slots: [
+        { guestPhysAddr: '1GB', size: '4KB' },
+        { guestPhysAddr: '2G', size: '2MB' },
+        { guestPhysAddr: '0x100000000', size: '1 mb' },
+      ],
+    });
+    expect(spec.files['h']!.size).toBe(2n << 20n);
+    expect(spec.slots.map((x) => [x.guestPhysAddr, x.size])).toEqual([
+      [1n << 30n, 4096n],
+      [2n << 30n, 2n << 20n],
+      [1n << 32n, 1n << 20n],
+    ]);
+  });
+
+  test('two slots with the same name are refused, pointing at the second', () => {
+    expect(
+      issues({
+        slots: [
+          { name: 'ram', guestPhysAddr: 0, size: 4096 },
+          { name: 'ram', guestPhysAddr: 8192, size: 4096 },
+        ],
+      }),
+    ).toEqual(["slots[1].name: 'ram' is already the name of slots[0]; slot names must be unique"]);
+  });
+
   test('errors point at the bad field', () => {
     expect(issues({ slots: [{ guestPhysAddr: 'lots', size: 4096 }] })).toEqual([
-      'slots[0].guestPhysAddr: expected a number like 4096, "0x1000" or "2MiB"',
+      'slots[0].guestPhysAddr: expected a number like 4096, "0x1000", "2MiB" or "2MB"',
     ]);
     expect(issues({ slots: [{ guestPhysAddr: 0, size: 4096, privat: {} }] })[0]).toMatch(/^slots\[0\]: Unrecognized key.*privat/);
     expect(issues({ files: { f: { type: 'disk', size: 1 } }, slots: [{ guestPhysAddr: 0, size: 1 }] })[0]).toMatch(/^files\.f\.type/);
@@ -84,6 +112,21 @@ exampleTest('the example layout builds, describes itself and tears down', async 
   expect(Object.values(layout.files).every((f) => f.closed)).toBe(true);
   expect(openFds()).toBe(fds);
   expect(native.mappingCount()).toBe(maps);
+});
+
+test('describe() follows the VM: a slot removed since is no longer listed, even once its id is reused', async ({ vm }) => {
+  const layout = await createMemoryLayout(vm, {
+    files: { ram: { type: 'memfd', size: '4MiB' } },
+    slots: [
+      { name: 'a', guestPhysAddr: 0, size: '2MiB', userspace: { file: 'ram' } },
+      { name: 'b', guestPhysAddr: '2MiB', size: '2MiB', userspace: { file: 'ram', offset: '2MiB' } },
+    ],
+  });
+  await vm.removeMemorySlot(layout.slots['a']!);
+  expect(layout.describe().entries.map((e) => e.name)).toEqual(['b']);
+  vm.addMemorySlot({ guestPhysAddr: 1n << 32n, size: 4096, userspace: 'anonymous' }); // takes slot id 0 again
+  expect(layout.describe().entries.map((e) => e.name)).toEqual(['b']);
+  await layout.close();
 });
 
 test('a failing slot tears down what was built and names the spec entry', async ({ vm }) => {

@@ -61,8 +61,8 @@ export class Kvm {
     } catch (e) {
       throw explain(e, `Kvm.open('${path}')`, {
         ENOENT: 'no KVM device here: load the kvm module (modprobe kvm_intel or kvm_amd) or enable virtualization',
-        EACCES: 'permission denied: add this user to the kvm group or run as root',
-        EPERM: 'permission denied: add this user to the kvm group or run as root',
+        EACCES: 'add this user to the group that owns the device (usually kvm), or run as root',
+        EPERM: 'add this user to the group that owns the device (usually kvm), or run as root',
       });
     }
     try {
@@ -141,8 +141,12 @@ export class Kvm {
     const number = VmType[type];
     if (number !== 0) {
       const types = native.checkExtension(fd, Cap.VmTypes);
-      if (((types >> number) & 1) === 0)
-        throw new UnsupportedError(capName(Cap.VmTypes), types, `a '${type}' VM (type ${number})`);
+      if (((types >> number) & 1) === 0) {
+        const offered = (Object.keys(VmType) as VmTypeName[]).filter((t) => ((types || 1) >> VmType[t]) & 1);
+        const error = new UnsupportedError(capName(Cap.VmTypes), types, `a '${type}' VM (type ${number})`);
+        error.message += ` (offered: ${offered.join(', ')})`;
+        throw error;
+      }
     }
     let vmFd: number;
     try {

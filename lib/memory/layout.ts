@@ -13,13 +13,23 @@ import { renderTable } from '../tools/table';
 import { hex } from '../core/validate';
 import type { Vm } from '../kvm/vm';
 
-const units: Record<string, bigint> = { '': 1n, k: 1n << 10n, kib: 1n << 10n, m: 1n << 20n, mib: 1n << 20n, g: 1n << 30n, gib: 1n << 30n, t: 1n << 40n, tib: 1n << 40n };
+// Every unit is binary: K, KB and KiB all mean 1024 (the kernel's own spelling of
+// huge page sizes, "2MB", means 2 MiB too).
+const units: Record<string, bigint> = {
+  '': 1n,
+  ...Object.fromEntries(
+    (['k', 'm', 'g', 't'] as const).flatMap((u, i) => {
+      const v = 1n << BigInt(10 * (i + 1));
+      return [[u, v], [`${u}b`, v], [`${u}ib`, v]] as const;
+    }),
+  ),
+};
 
-/** A byte count or address: a non-negative integer, or a string like `"0x100000"`, `"2MiB"`, `"4 GiB"`. */
+/** A byte count or address: a non-negative integer, or a string like `"0x100000"`, `"2MiB"`, `"2MB"`, `"4 KiB"` (units are binary). */
 const quantity = z
   .union([
     z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
-    z.string().regex(/^\s*(0x[0-9a-fA-F]+|\d+)\s*([kKmMgGtT](i?[bB])?)?\s*$/, 'expected a number like 4096, "0x1000" or "2MiB"'),
+    z.string().regex(/^\s*(0x[0-9a-fA-F]+|\d+)\s*([kKmMgGtT](i?[bB])?)?\s*$/, 'expected a number like 4096, "0x1000", "2MiB" or "2MB"'),
   ])
   .transform((v) => {
     if (typeof v === 'number') return BigInt(v);
@@ -74,7 +84,14 @@ export const LayoutSchema = z
   })
   .strict()
   .superRefine((spec, ctx) => {
+    const named = new Map<string, number>();
     spec.slots.forEach((slot, i) => {
+      if (slot.name !== undefined) {
+        const first = named.get(slot.name);
+        if (first !== undefined)
+          ctx.addIssue({ code: 'custom', path: ['slots', i, 'name'], message: `'${slot.name}' is already the name of slots[${first}]; slot names must be unique` });
+        else named.set(slot.name, i);
+      }
       for (const key of ['userspace', 'private'] as const) {
         const ref = slot[key];
         if (!ref || ref === 'anonymous') continue;
@@ -183,6 +200,8 @@ export class MemoryLayout {
   describe(): MemoryMap {
     const fileName = new Map<MemoryFile, string>(Object.entries(this.files).map(([n, f]) => [f, n]));
     const entries = Object.entries(this.slots)
+      // A slot removed since (or replaced under its id) is no longer part of the map.
+      .filter(([, s]) => !s.removed && this.vm.slotTable.get(s.addressSpace, s.id) === s)
       .map(([name, s]): MemoryMapEntry => {
         const d = s.describe();
         const u = s.userspace;

@@ -341,11 +341,31 @@ export abstract class MemoryFile {
     return invalidate(deliveries, operation);
   }
 
+  /**
+   * The bindings as events name them: a slot whose shared and private backing are
+   * the same range of this file (a guest_memfd that is its own shared memory) binds
+   * it twice, but is one slot to tell. @internal
+   */
+  #distinctBindings(): FileBinding[] {
+    if (!this.#bindings || this.#bindings.size < 2) return this.#bindings ? [...this.#bindings] : [];
+    const seen = new Map<object, Set<string>>();
+    const out: FileBinding[] = [];
+    for (const b of this.#bindings) {
+      let keys = seen.get(b.vm);
+      if (!keys) seen.set(b.vm, (keys = new Set()));
+      const key = `${b.slot}@${b.fileOffset}`;
+      if (keys.has(key)) continue;
+      keys.add(key);
+      out.push(b);
+    }
+    return out;
+  }
+
   /** The file event and the GPA event of every bound VM for a range. @internal */
   deliveries(offset: number, length: number, cause: InvalidationCause): Delivery[] {
     const ranges = this.boundRanges(offset, length);
     const out: Delivery[] = [[this.notifier, { file: this, offset, length, cause, ranges }]];
-    for (const b of this.bindings) {
+    for (const b of this.#distinctBindings()) {
       const piece = clip(b, offset, length);
       if (piece)
         out.push([
@@ -359,7 +379,7 @@ export abstract class MemoryFile {
   /** GPA ranges of slots bound to `[offset, offset+length)`. @internal */
   boundRanges(offset: number, length: number): BoundRange[] {
     const out: BoundRange[] = [];
-    for (const b of this.bindings) {
+    for (const b of this.#distinctBindings()) {
       const piece = clip(b, offset, length);
       if (piece) out.push(piece);
     }
@@ -368,7 +388,7 @@ export abstract class MemoryFile {
 
   /** What a replaying listener is told is populated now: the bound ranges. @internal */
   protected populatedRanges(): FileRangeEvent<MemoryFile>[] {
-    return [...this.bindings].map((b) => ({
+    return this.#distinctBindings().map((b) => ({
       file: this as MemoryFile,
       offset: b.fileOffset,
       length: Number(b.size),
@@ -404,7 +424,7 @@ export abstract class MemoryFile {
 
   /** @internal */
   protected inUseMessage(op: string): string {
-    const slots = [...this.bindings].map((b) => `slot ${b.slot} (GPA ${hex(b.guestPhysAddr)}..${hex(b.guestPhysAddr + b.size)})`);
+    const slots = [...new Set(this.#distinctBindings().map((b) => `slot ${b.slot} (GPA ${hex(b.guestPhysAddr)}..${hex(b.guestPhysAddr + b.size)})`))];
     return `${op}: ${this.description} is bound by ${slots.join(', ')}; remove the slot${slots.length > 1 ? 's' : ''} first (or close the VM)`;
   }
 

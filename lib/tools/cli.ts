@@ -9,7 +9,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { defaultKvmPath } from '../kvm/kvm';
 import { runLayoutCommand } from './layout-cli';
-import { explainProbeFailure, formatProbe, probe, probeJson } from './probe';
+import { explainProbeFailure, formatProbe, probe, probeFailureJson, probeJson } from './probe';
 import { runInVm, VmRunError } from './vm-run';
 
 /** Builds the command tree (exported for tests). @internal */
@@ -30,7 +30,8 @@ export function buildCli(): Command {
       try {
         report = probe(opts.device);
       } catch (e) {
-        process.stderr.write(`gmem probe: ${explainProbeFailure(e, opts.device)}\n`);
+        if (opts.json) process.stdout.write(probeFailureJson(e, opts.device) + '\n');
+        else process.stderr.write(`gmem probe: ${explainProbeFailure(e, opts.device)}\n`);
         process.exitCode = 2;
         return;
       }

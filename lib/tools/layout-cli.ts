@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { Kvm } from '../kvm/kvm';
 import { createMemoryLayout, LayoutError, parseLayout } from '../memory/layout';
 import { explainProbeFailure } from './probe';
+import { findVmType } from '../testing/index';
 
 /** Runs the command; returns the exit code. Output goes to stdout/stderr. */
 export async function runLayoutCommand(file: string, opts: { json?: boolean; device: string }): Promise<number> {
@@ -35,12 +36,30 @@ export async function runLayoutCommand(file: string, opts: { json?: boolean; dev
     return 2;
   }
   try {
-    using vm = kvm.createVm({ type: parsed.vm?.type ?? 'default' });
+    // The spec's VM type, or the first one offering what its guest_memfd files ask for.
+    let type = parsed.vm?.type;
+    if (type === undefined) {
+      const gmems = Object.values(parsed.files).filter((f) => f.type === 'guest_memfd');
+      const match = findVmType(
+        {
+          ...(gmems.length ? { guestMemfd: true } : {}),
+          ...(gmems.some((f) => f.mmap) ? { mmap: true } : {}),
+          ...(gmems.some((f) => f.initShared) ? { initShared: true } : {}),
+        },
+        opts.device,
+      );
+      if (!match.type) {
+        process.stderr.write(`gmem layout: ${file}: ${match.reason}\n`);
+        return 1;
+      }
+      type = match.type;
+    }
+    using vm = kvm.createVm({ type });
     const layout = await createMemoryLayout(vm, spec);
     const map = layout.describe();
     if (opts.json)
       process.stdout.write(JSON.stringify(map.entries, (_, v) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v), 2) + '\n');
-    else process.stdout.write(`memory map of ${file} (built on ${opts.device}, then torn down):\n${map.text}\n`);
+    else process.stdout.write(`memory map of ${file} (built on ${opts.device} in a '${type}' VM, then torn down):\n${map.text}\n`);
     await layout.close();
     return 0;
   } catch (e) {

@@ -79,13 +79,35 @@ export function explainProbeFailure(error: unknown, path: string): string {
   if (error instanceof KvmError) {
     switch (error.code) {
       case 'ENOENT':
-        return `${path} does not exist: this machine has no KVM. Enable virtualization in the firmware or the hypervisor (nested virtualization), then load kvm_intel or kvm_amd (modprobe).`;
+        return path === '/dev/kvm'
+          ? `${path} does not exist: this machine has no KVM. Enable virtualization in the firmware or the hypervisor (nested virtualization), then load kvm_intel or kvm_amd (modprobe).`
+          : `${path} does not exist (the default KVM device is /dev/kvm).`;
       case 'EACCES':
       case 'EPERM':
         return `${path} exists but this user may not open it. Add the user to the group that owns it (usually kvm: sudo usermod -aG kvm $USER, then log in again) or run as root.`;
+      case 'ENOTTY':
+        return `${path} is not a KVM device.`;
       default:
         return `cannot use ${path}: ${error.message}`;
     }
   }
   return `cannot use ${path}: ${error instanceof Error ? error.message : String(error)}`;
+}
+
+/** The JSON form of a probe failure, for `gmem probe --json`. */
+export function probeFailureJson(error: unknown, path: string): string {
+  const e = error as { code?: unknown; errno?: unknown; message?: unknown };
+  return JSON.stringify(
+    {
+      path,
+      error: {
+        code: typeof e?.code === 'string' ? e.code : undefined,
+        errno: typeof e?.errno === 'number' ? e.errno : undefined,
+        message: error instanceof Error ? error.message : String(error),
+        advice: explainProbeFailure(error, path),
+      },
+    },
+    null,
+    2,
+  );
 }
