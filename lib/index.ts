@@ -75,6 +75,7 @@ export {
   type VcpuExitReason,
 } from './kvm/exits';
 export { loadRealMode, loadLongMode, loadProgram } from './guest/loader';
+export { captureOutput, type CaptureOptions, type CapturedOutput } from './guest/console';
 export { CpuidFlag, findCpuid, withCpuidLeaf, cpuidHasLongMode, type CpuidEntry } from './kvm/cpuid';
 export {
   Assembler,

@@ -183,6 +183,48 @@ export function outLoop(port: number = DEFAULT_PORT, options?: ProgramOptions): 
   ], options);
 }
 
+/** A message as bytes: a string (UTF-8) or bytes as given. */
+function messageBytes(what: string, message: string | Uint8Array): Uint8Array {
+  if (typeof message === 'string') return new TextEncoder().encode(message);
+  if (message instanceof Uint8Array) return message;
+  throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${what}: message must be a string or a Uint8Array, got ${message === null ? 'null' : typeof message}`);
+}
+
+/**
+ * The "hello" every VMM starts with: sends `message` (a string, as UTF-8, or bytes)
+ * to `port` one byte per `out dx, al` (one KVM_EXIT_IO each, in order), then
+ * halts. The bytes follow the code in guest memory. Collect them with
+ * `captureOutput(vcpu)`.
+ *
+ * @example
+ * loadRealMode(vcpu, guest.hello('hello from the guest\n'));
+ * const { text } = await captureOutput(vcpu);   // 'hello from the guest\n'
+ */
+export function hello(message: string | Uint8Array = 'hello, world\n', port: number = DEFAULT_PORT, options?: ProgramOptions): GuestProgram {
+  const bytes = messageBytes('hello', message);
+  const p = checkPort(port);
+  const load = toBigInt('loadAddress', options?.loadAddress ?? DEFAULT_LOAD_ADDRESS);
+  const CODE = 23;
+  const data = Number(load) + CODE;
+  if (bytes.length > 0x10000 - data || data > 0x10000)
+    throw outOfRange('hello: message length', bytes.length, `the program and its ${bytes.length} bytes must end below 0x10000 (16-bit addressing)`);
+  const code = [
+    0x31, 0xc0, //             xor ax, ax      ; ds = 0: linear address = offset
+    0x8e, 0xd8, //             mov ds, ax
+    0xbe, ...imm16(data), //   mov si, data    ; the message, right after the code
+    0xb9, ...imm16(bytes.length), // mov cx, length
+    0xba, ...imm16(p), //      mov dx, port
+    0xfc, //                   cld             ; lodsb counts si upwards
+    0xe3, 0x04, //             jcxz $+6        ; an empty message: straight to the hlt
+    0xac, //                   lodsb           ; <- loop: al = [si++]
+    0xee, //                   out dx, al      ; KVM_EXIT_IO with the byte
+    0xe2, 0xfc, //             loop $-4        ; --cx, back to the lodsb while cx != 0
+    ...HALT_FOREVER,
+  ];
+  if (code.length !== CODE) throw new Error('hello: code length changed; update CODE');
+  return program(`hello(${bytes.length} bytes, ${formatHex(p)})`, 'real', [...code, ...bytes], options);
+}
+
 /**
  * Reads `length` bytes starting at linear address `srcAddr` (real mode: below
  * 1 MiB, the range may run up to 0x10FFEF) one at a time and sends each with
@@ -590,6 +632,28 @@ export function longReadAndReport(srcGpa: number | bigint, length: number, port:
     0xe2, 0xfc, //                loop $-4         ; --rcx, back to the lodsb while rcx != 0
     ...HALT_FOREVER,
   ], options);
+}
+
+/**
+ * Long mode: {@link hello}, from 64-bit code (the message follows the code and is
+ * reached RIP-relative, so any load address works).
+ */
+export function longHello(message: string | Uint8Array = 'hello, world\n', port: number = DEFAULT_PORT, options?: ProgramOptions): GuestProgram {
+  const bytes = messageBytes('longHello', message);
+  const p = checkPort(port);
+  if (bytes.length > 0xffff_ffff) throw outOfRange('longHello: message length', bytes.length, 'must fit in 32 bits');
+  const code = [
+    0x48, 0x8d, 0x35, ...imm32(20), // lea rsi, [rip + 20]  ; the message, right after the code (27 bytes)
+    0xb9, ...imm32(bytes.length), //   mov ecx, length      ; zero-extends into rcx
+    0xba, ...imm32(p), //              mov edx, port
+    0xfc, //                           cld
+    0xe3, 0x04, //                     jrcxz $+6            ; an empty message: straight to the hlt
+    0xac, //                           lodsb                ; <- loop: al = [rsi++]
+    0xee, //                           out dx, al           ; KVM_EXIT_IO with the byte
+    0xe2, 0xfc, //                     loop $-4
+    ...HALT_FOREVER,
+  ];
+  return program(`longHello(${bytes.length} bytes, ${formatHex(p)})`, 'long', [...code, ...bytes], options);
 }
 
 /**
