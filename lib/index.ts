@@ -1,3 +1,4 @@
+/// <reference types="node" preserve="true" />
 /**
  * guest-memfd: drive the real Linux KVM guest memory interfaces from Node.js.
  * @packageDocumentation

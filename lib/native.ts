@@ -88,8 +88,26 @@ export interface NativeBinding {
 
 const load = require('node-gyp-build') as (dir: string) => unknown;
 
+function loadAddon(): NativeBinding {
+  // For sanitizer builds and the like: an explicit addon file.
+  const explicit = process.env['GMEM_ADDON_PATH'];
+  if (explicit) return require(path.resolve(explicit)) as NativeBinding;
+  try {
+    return load(path.join(__dirname, '..')) as NativeBinding;
+  } catch (e) {
+    const why = e instanceof Error ? e.message.split('\n')[0] : String(e);
+    throw Object.assign(
+      new Error(
+        `guest-memfd: no compiled addon for Node ${process.versions.node} (${process.platform}-${process.arch}, ABI ${process.versions.modules}) was found (${why}). Run \`npm rebuild guest-memfd\` to build it (needs Python 3, make and a C++17 compiler), or install a release that ships prebuilds for this platform.`,
+        { cause: e },
+      ),
+      { code: 'ERR_ADDON_NOT_FOUND' },
+    );
+  }
+}
+
 /** The loaded addon (lib/ and dist/ both sit one level below the package root). @internal */
-export const native = load(path.join(__dirname, '..')) as NativeBinding;
+export const native = loadAddon();
 
 // Native code throws kernel failures as KvmError, built here (code, errno, syscall, ioctl).
 native.setErrorFactory((errno, syscall, ioctl) => new KvmError({ errno, syscall, ioctl }));

@@ -81,7 +81,7 @@ class Harness {
   readonly listenerErrors: unknown[] = [];
   readonly files = { A: fakeFile('A'), G: fakeFile('G'), H: fakeFile('H') };
   readonly vm = { name: 'fake-vm' };
-  readonly vmNotifier = new Notifier<GpaRangeEvent>();
+  readonly vmNotifier = Notifier.create<GpaRangeEvent>();
   readonly attributes = new AttributeMap({ nodeCapacity: 4 });
   /** The fake kernel's own attribute truth, page → attributes. */
   readonly kernel = new Map<number, bigint>();
@@ -238,7 +238,7 @@ class Harness {
 }
 
 function fakeFile(name: string): FakeFile {
-  return { name, notifier: new Notifier<FileRangeEvent<FakeFile>>() };
+  return { name, notifier: Notifier.create<FileRangeEvent<FakeFile>>() };
 }
 
 function copyPiece(p: ConversionPiece): ConversionPiece {

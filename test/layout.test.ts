@@ -162,3 +162,13 @@ test('gmem layout reports schema errors with their paths and exits 1', () => {
   expect(r.status).toBe(1);
   expect(r.stderr).toMatch(/slots\[0\]\.guestPhysAddr/);
 });
+
+describe('the shipped JSON Schema', () => {
+  plain('schema/layout.schema.json is what the zod schema generates, and the example points at it', async () => {
+    const { layoutJsonSchema } = await import('../scripts/build-schema.mjs');
+    const shipped = JSON.parse(readFileSync(path.join(__dirname, '..', 'schema', 'layout.schema.json'), 'utf8'));
+    expect(shipped).toEqual(layoutJsonSchema());
+    expect(example.$schema).toBe('../schema/layout.schema.json');
+    expect(Object.keys(shipped.properties)).toEqual(expect.arrayContaining(['files', 'slots', 'vm']));
+  });
+});

@@ -9,7 +9,7 @@ const G4 = 1n << 32n;
 
 describe('Notifier (pure)', () => {
   test('register returns an unregister function that stops delivery and is repeat-safe', async () => {
-    const n = new Notifier<number>();
+    const n = Notifier.create<number>();
     const seen: number[] = [];
     const off = n.register({ invalidateStart: (e) => void seen.push(e) });
     const { invalidate } = await import('../lib/events/notifier');
@@ -22,7 +22,7 @@ describe('Notifier (pure)', () => {
   });
 
   test('listeners run in registration order: all starts, the operation, all ends', async () => {
-    const n = new Notifier<string>();
+    const n = Notifier.create<string>();
     const log: string[] = [];
     n.register({ invalidateStart: () => void log.push('a:start'), invalidateEnd: () => void log.push('a:end') });
     n.register({
@@ -38,7 +38,7 @@ describe('Notifier (pure)', () => {
   });
 
   test('a throwing start does not stop the operation; the error goes to onError', async () => {
-    const n = new Notifier<string>();
+    const n = Notifier.create<string>();
     const errors: unknown[] = [];
     n.onError = (e, phase) => void errors.push([phase, (e as Error).message]);
     const ends: string[] = [];
@@ -52,7 +52,7 @@ describe('Notifier (pure)', () => {
   });
 
   test('by default a listener error becomes a process warning', async () => {
-    const n = new Notifier<string>();
+    const n = Notifier.create<string>();
     n.register({ invalidateEnd: () => { throw new Error('oops'); } });
     const warned = new Promise<Error>((resolve) => process.once('warning', resolve));
     const { invalidate } = await import('../lib/events/notifier');
@@ -63,7 +63,7 @@ describe('Notifier (pure)', () => {
   });
 
   test('invalidateEnd runs even when the operation fails, and the failure propagates', async () => {
-    const n = new Notifier<string>();
+    const n = Notifier.create<string>();
     const ends: string[] = [];
     n.register({ invalidateEnd: (e) => void ends.push(e) });
     const { invalidate } = await import('../lib/events/notifier');
@@ -73,8 +73,8 @@ describe('Notifier (pure)', () => {
 
   test('populate: a veto rolls back exactly the listeners that accepted, then rethrows', async () => {
     const { populate } = await import('../lib/events/notifier');
-    const a = new Notifier<string>();
-    const b = new Notifier<string>();
+    const a = Notifier.create<string>();
+    const b = Notifier.create<string>();
     const log: string[] = [];
     a.register({ populate: (e) => void log.push(`a1 populate ${e}`), invalidateStart: (e) => void log.push(`a1 start ${e}`), invalidateEnd: (e) => void log.push(`a1 end ${e}`) });
     a.register({ invalidateStart: () => void log.push('a2 start (never populated)') });
@@ -84,20 +84,20 @@ describe('Notifier (pure)', () => {
   });
 
   test('register validates its listener', () => {
-    const n = new Notifier<string>();
+    const n = Notifier.create<string>();
     expect(() => n.register(null as never)).toThrow(TypeError);
     expect(() => n.register({ populate: 5 as never })).toThrow(/listener.populate must be a function/);
   });
 
   test('10,000 register/unregister cycles leave no listener behind', () => {
-    const n = new Notifier<string>();
+    const n = Notifier.create<string>();
     for (let i = 0; i < 10_000; i++) n.register({ invalidateStart() {} })();
     expect(n.size).toBe(0);
     expect(n.snapshot()).toHaveLength(0);
   });
 
   test('events() yields notifications for for-await and unregisters on break', async () => {
-    const n = new Notifier<number>();
+    const n = Notifier.create<number>();
     const { invalidate } = await import('../lib/events/notifier');
     const got: string[] = [];
     const done = (async () => {

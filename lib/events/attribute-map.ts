@@ -191,8 +191,13 @@ export class AttributeMapSnapshot {
   /** Length in bytes of the window the snapshot covers. */
   readonly size: bigint;
 
-  /** @internal Use {@link AttributeMap.snapshot}. */
-  constructor(guestPhysAddr: bigint, size: bigint) {
+  /** @internal */
+  static create(guestPhysAddr: bigint, size: bigint): AttributeMapSnapshot {
+    return new AttributeMapSnapshot(guestPhysAddr, size);
+  }
+
+  /** Use {@link AttributeMap.snapshot}. */
+  private constructor(guestPhysAddr: bigint, size: bigint) {
     this.guestPhysAddr = guestPhysAddr;
     this.size = size;
   }
@@ -356,7 +361,7 @@ export class AttributeMap {
     if (gpa !== undefined || size !== undefined) {
       [start, end] = rangeArg('attributes.snapshot', gpa, size);
     }
-    const snap = new AttributeMapSnapshot(BigInt(start) << PAGE_SHIFT, BigInt(end - start) << PAGE_SHIFT);
+    const snap = AttributeMapSnapshot.create(BigInt(start) << PAGE_SHIFT, BigInt(end - start) << PAGE_SHIFT);
     snapshotInner.set(snap, { owner: this, inner: this.map.snapshot(start, end) });
     return snap;
   }

@@ -199,8 +199,13 @@ export class IntervalMapSnapshot<V> {
   /** First key after the range the snapshot covers. */
   readonly end: number;
 
-  /** @internal Use {@link IntervalMap.snapshot}. */
-  constructor(data: SnapshotData<V>, start: number, end: number) {
+  /** @internal */
+  static create<W>(data: SnapshotData<W>, start: number, end: number): IntervalMapSnapshot<W> {
+    return new IntervalMapSnapshot(data, start, end);
+  }
+
+  /** Use {@link IntervalMap.snapshot}. */
+  private constructor(data: SnapshotData<V>, start: number, end: number) {
     this.start = start;
     this.end = end;
     snapshotData.set(this, data as SnapshotData<unknown>);
@@ -428,7 +433,7 @@ export class IntervalMap<V> {
   snapshot(start = 0, end: number = this.limit): IntervalMapSnapshot<V> {
     this.checkRange('snapshot', start, end);
     const { starts, ends, values } = this.collect(start, end);
-    return new IntervalMapSnapshot<V>({ owner: this, starts, ends, values }, start, end);
+    return IntervalMapSnapshot.create<V>({ owner: this, starts, ends, values }, start, end);
   }
 
   /**

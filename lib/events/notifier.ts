@@ -144,7 +144,11 @@ export class Notifier<E> {
   onError: ListenerErrorHandler<E> = defaultErrorHandler;
 
   /** @internal */
-  constructor(replay?: () => E[]) {
+  static create<T>(replay?: () => T[]): Notifier<T> {
+    return new Notifier<T>(replay);
+  }
+
+  private constructor(replay?: () => E[]) {
     this.#replay = replay;
   }
 

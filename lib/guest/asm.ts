@@ -195,7 +195,12 @@ export class AsmValue {
   readonly #text: string;
 
   /** @internal */
-  constructor(owner: Assembler, labels: readonly string[], evaluate: (env: Env) => bigint, text: string) {
+  static create(owner: Assembler, labels: readonly string[], evaluate: (env: Env) => bigint, text: string): AsmValue {
+    return new AsmValue(owner, labels, evaluate, text);
+  }
+
+  /** */
+  private constructor(owner: Assembler, labels: readonly string[], evaluate: (env: Env) => bigint, text: string) {
     this.owner = owner;
     this.labels = labels;
     this.evaluate = evaluate;
@@ -218,7 +223,7 @@ export class AsmValue {
     if (n === undefined) throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `AsmValue.shiftRight: bits must be an integer, got ${describe(bits)}`);
     if (n < 0n || n > 63n) throw outOfRange(`AsmValue.shiftRight: bits ${n} must be in [0, 63]`);
     const ev = this.evaluate;
-    return new AsmValue(this.owner, this.labels, (env) => ev(env) >> n, `(${this.#text} >> ${n})`);
+    return AsmValue.create(this.owner, this.labels, (env) => ev(env) >> n, `(${this.#text} >> ${n})`);
   }
 
   /** This value AND `mask` (a non-negative integer), e.g. the low 16 bits of an address. */
@@ -227,7 +232,7 @@ export class AsmValue {
     if (m === undefined) throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `AsmValue.and: mask must be an integer, got ${describe(mask)}`);
     if (m < 0n) throw outOfRange(`AsmValue.and: mask ${hex(m)} must not be negative`);
     const ev = this.evaluate;
-    return new AsmValue(this.owner, this.labels, (env) => BigInt.asUintN(64, ev(env)) & m, `(${this.#text} & ${hex(m)})`);
+    return AsmValue.create(this.owner, this.labels, (env) => BigInt.asUintN(64, ev(env)) & m, `(${this.#text} & ${hex(m)})`);
   }
 
   /** The expression, as it appears in error messages: `addressOf('buffer')+0x8`. */
@@ -242,14 +247,14 @@ export class AsmValue {
         throw new ArgumentTypeError('ERR_INVALID_ARG_VALUE', `AsmValue.${what}: ${other} belongs to another Assembler`);
       }
       const ov = other.evaluate;
-      return new AsmValue(this.owner, [...this.labels, ...other.labels], (env) => op(ev(env), ov(env)), `${this.#text}${sign}${other}`);
+      return AsmValue.create(this.owner, [...this.labels, ...other.labels], (env) => op(ev(env), ov(env)), `${this.#text}${sign}${other}`);
     }
     const n = integer(other);
     if (n === undefined) {
       throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE',
         `AsmValue.${what}: operand must be an integer number, a bigint or an AsmValue, got ${describe(other)}`);
     }
-    return new AsmValue(this.owner, this.labels, (env) => op(ev(env), n), `${this.#text}${sign}${hex(n)}`);
+    return AsmValue.create(this.owner, this.labels, (env) => op(ev(env), n), `${this.#text}${sign}${hex(n)}`);
   }
 }
 
@@ -303,7 +308,15 @@ export class Mem {
   readonly size: OperandSize | undefined;
 
   /** @internal */
-  constructor(fields: {
+  static create(fields: {
+    base: Reg64 | 'rip' | undefined; index: Reg64 | undefined; scale: Scale; disp: bigint | AsmValue;
+    target: string | bigint | AsmValue | undefined; size: OperandSize | undefined;
+  }): Mem {
+    return new Mem(fields);
+  }
+
+  /** */
+  private constructor(fields: {
     base: Reg64 | 'rip' | undefined; index: Reg64 | undefined; scale: Scale; disp: bigint | AsmValue;
     target: string | bigint | AsmValue | undefined; size: OperandSize | undefined;
   }) {
@@ -409,7 +422,7 @@ function buildMem(size: OperandSize | undefined, args: unknown[]): Mem {
   const [first] = args;
   if (first instanceof Mem) {
     if (args.length > 1) throw memError('an existing operand takes no further arguments');
-    return new Mem({ ...first, size: size ?? first.size });
+    return Mem.create({ ...first, size: size ?? first.size });
   }
   if (typeof first === 'object' && first !== null) {
     if (args.length > 1) throw memError('a MemSpec takes no further arguments');
@@ -421,7 +434,7 @@ function buildMem(size: OperandSize | undefined, args: unknown[]): Mem {
       if (spec.base !== undefined || spec.index !== undefined || spec.disp !== undefined || spec.scale !== undefined) {
         throw memError('rip excludes base, index, scale and disp');
       }
-      return new Mem({ base: 'rip', index: undefined, scale: 1, disp: 0n, target: checkTarget('mem: rip', spec.rip), size: sz });
+      return Mem.create({ base: 'rip', index: undefined, scale: 1, disp: 0n, target: checkTarget('mem: rip', spec.rip), size: sz });
     }
     return makeMem(spec.base, spec.index, spec.scale, spec.disp ?? 0, sz);
   }
@@ -438,7 +451,7 @@ function makeMem(base: unknown, index: unknown, scale: unknown, disp: unknown, s
   const d = checkDisp(disp);
   if (base === 'rip') {
     if (index !== undefined) throw memError('a RIP-relative operand has no index');
-    return new Mem({ base: 'rip', index: undefined, scale: 1, disp: d, target: undefined, size });
+    return Mem.create({ base: 'rip', index: undefined, scale: 1, disp: d, target: undefined, size });
   }
   const b = base === undefined ? undefined : checkAddrReg('base', base);
   const i = index === undefined ? undefined : checkAddrReg('index', index);
@@ -446,7 +459,7 @@ function makeMem(base: unknown, index: unknown, scale: unknown, disp: unknown, s
   if (scale !== undefined && i === undefined) throw memError('scale needs an index register');
   const sc = scale ?? 1;
   if (sc !== 1 && sc !== 2 && sc !== 4 && sc !== 8) throw memError(`scale ${describe(scale)} must be 1, 2, 4 or 8`);
-  return new Mem({ base: b, index: i, scale: sc, disp: d, target: undefined, size });
+  return Mem.create({ base: b, index: i, scale: sc, disp: d, target: undefined, size });
 }
 
 function memBuilder(size: OperandSize | undefined): MemBuilder {
@@ -474,7 +487,7 @@ export const mem: MemFactory = Object.assign(memBuilder(undefined), {
   dword: memBuilder('dword'),
   qword: memBuilder('qword'),
   rip(target: Target, size?: OperandSize): Mem {
-    return new Mem({
+    return Mem.create({
       base: 'rip', index: undefined, scale: 1, disp: 0n,
       target: checkTarget('mem.rip: target', target), size: checkSize('mem.rip: size', size),
     });
@@ -803,14 +816,14 @@ export class Assembler {
     const add = integer(addend);
     if (add === undefined) throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `addressOf: addend must be an integer number or a bigint, got ${describe(addend)}`);
     const text = add === 0n ? `addressOf('${label}')` : `addressOf('${label}')${add < 0n ? '-' : '+'}${hex(add < 0n ? -add : add)}`;
-    return new AsmValue(this, [label], (env) => env.origin + BigInt(env.offset(label)) + add, text);
+    return AsmValue.create(this, [label], (env) => env.origin + BigInt(env.offset(label)) + add, text);
   }
 
   /** Bytes from label `from` to label `to` (negative if `to` comes first), resolved at assembly. */
   distance(from: string, to: string): AsmValue {
     checkLabelName('distance: from', from);
     checkLabelName('distance: to', to);
-    return new AsmValue(this, [from, to], (env) => BigInt(env.offset(to) - env.offset(from)), `distance('${from}', '${to}')`);
+    return AsmValue.create(this, [from, to], (env) => BigInt(env.offset(to) - env.offset(from)), `distance('${from}', '${to}')`);
   }
 
   /** Offset of `label` from the start of the code; lays the program out (as {@link Assembler.assemble} does). */

@@ -157,7 +157,7 @@ export class Kvm {
         ENOMEM: 'out of memory',
       });
     }
-    const vm = new Vm(this, vmFd, type);
+    const vm = Vm.create(this, vmFd, type);
     this.#vms.add(vm);
     return vm;
   }

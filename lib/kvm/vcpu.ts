@@ -314,7 +314,11 @@ export class Vcpu {
   readonly #views: ViewSet;
 
   /** @internal */
-  constructor(vm: Vm, id: number, fd: number, mmapSize: number) {
+  static create(vm: Vm, id: number, fd: number, mmapSize: number): Vcpu {
+    return new Vcpu(vm, id, fd, mmapSize);
+  }
+
+  private constructor(vm: Vm, id: number, fd: number, mmapSize: number) {
     this.vm = vm;
     this.id = id;
     this.#fd = fd;

@@ -92,13 +92,17 @@ export class Vm {
   #physBits: number | undefined | null = null;
 
   /** @internal */
-  constructor(kvm: Kvm, fd: number, type: VmTypeName) {
+  static create(kvm: Kvm, fd: number, type: VmTypeName): Vm {
+    return new Vm(kvm, fd, type);
+  }
+
+  private constructor(kvm: Kvm, fd: number, type: VmTypeName) {
     this.kvm = kvm;
     this.#fd = fd;
     this.type = type;
     this.#fdCell = track(this, fd);
-    this.notifier = new Notifier<GpaRangeEvent<Vm>>(() => this.populatedRanges());
-    this.memory = new GuestMemory({
+    this.notifier = Notifier.create<GpaRangeEvent<Vm>>(() => this.populatedRanges());
+    this.memory = GuestMemory.create({
       slotTable: this.slotTable,
       checkOpen: (op) => this.checkOpen(op),
       privateRanges: (gpa, size) => {
@@ -521,7 +525,7 @@ export class Vm {
   }
 
   #adoptGuestMemfd(fd: number, size: number, flags: bigint): GuestMemfd {
-    const file = new GuestMemfd(this, fd, size, flags);
+    const file = GuestMemfd.create(this, fd, size, flags);
     this.#files.add(file);
     return file;
   }
@@ -595,7 +599,7 @@ export class Vm {
         EINVAL: 'id out of range',
       });
     }
-    const vcpu = new Vcpu(this, n, vcpuFd, this.kvm.vcpuMmapSize());
+    const vcpu = Vcpu.create(this, n, vcpuFd, this.kvm.vcpuMmapSize());
     this.#vcpus.set(n, vcpu);
     if (cpuid) {
       try {

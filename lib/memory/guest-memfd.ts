@@ -47,7 +47,12 @@ export class GuestMemfd extends MemoryFile {
   readonly #fdNumber: number;
 
   /** @internal */
-  constructor(owner: GuestMemfdOwner, fd: number, size: number, flags: bigint) {
+  static create(owner: GuestMemfdOwner, fd: number, size: number, flags: bigint): GuestMemfd {
+    return new GuestMemfd(owner, fd, size, flags);
+  }
+
+  /** */
+  private constructor(owner: GuestMemfdOwner, fd: number, size: number, flags: bigint) {
     super(fd, size, owner.fdCell);
     this.owner = owner;
     this.flags = flags;

@@ -28,7 +28,12 @@ export class GuestMemory {
   readonly #host: GuestMemoryHost;
 
   /** @internal */
-  constructor(host: GuestMemoryHost) {
+  static create(host: GuestMemoryHost): GuestMemory {
+    return new GuestMemory(host);
+  }
+
+  /** */
+  private constructor(host: GuestMemoryHost) {
     this.#host = host;
   }
 

@@ -190,7 +190,12 @@ export class MemoryLayout {
   readonly slots: Readonly<Record<string, MemorySlot>>;
 
   /** @internal */
-  constructor(vm: Vm, files: Record<string, MemoryFile>, slots: Record<string, MemorySlot>) {
+  static create(vm: Vm, files: Record<string, MemoryFile>, slots: Record<string, MemorySlot>): MemoryLayout {
+    return new MemoryLayout(vm, files, slots);
+  }
+
+  /** */
+  private constructor(vm: Vm, files: Record<string, MemoryFile>, slots: Record<string, MemorySlot>) {
     this.vm = vm;
     this.files = files;
     this.slots = slots;
@@ -251,7 +256,7 @@ export async function createMemoryLayout(vm: Vm, spec: LayoutSpec | unknown): Pr
   const files: Record<string, MemoryFile> = {};
   const slots: Record<string, MemorySlot> = {};
   const fail = async (where: string, e: unknown): Promise<never> => {
-    await new MemoryLayout(vm, files, slots).close().catch(() => {});
+    await MemoryLayout.create(vm, files, slots).close().catch(() => {});
     if (e instanceof Error) e.message = `${where}: ${e.message}`;
     throw e;
   };
@@ -296,5 +301,5 @@ export async function createMemoryLayout(vm: Vm, spec: LayoutSpec | unknown): Pr
       await fail(`slots[${i}]${slot.name ? ` (${slot.name})` : ''}`, e);
     }
   }
-  return new MemoryLayout(vm, files, slots);
+  return MemoryLayout.create(vm, files, slots);
 }

@@ -73,7 +73,7 @@ export abstract class MemoryFile {
 
   /** Listeners for discards (and populates) of this file's ranges. */
   get notifier(): Notifier<FileRangeEvent<MemoryFile>> {
-    return (this.#notifier ??= new Notifier(() => this.populatedRanges()));
+    return (this.#notifier ??= Notifier.create(() => this.populatedRanges()));
   }
 
   /** The slots using this file. @internal */

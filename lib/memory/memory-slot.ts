@@ -140,7 +140,21 @@ export class MemorySlot {
   readonly bindings: FileBinding[] = [];
 
   /** @internal */
-  constructor(
+  static create(
+    vm: Vm,
+    id: number,
+    addressSpace: number,
+    guestPhysAddr: bigint,
+    size: bigint,
+    flags: number,
+    userspace: Userspace,
+    guestMemfd: { file: GuestMemfd; offset: number } | undefined,
+  ): MemorySlot {
+    return new MemorySlot(vm, id, addressSpace, guestPhysAddr, size, flags, userspace, guestMemfd);
+  }
+
+  /** */
+  private constructor(
     vm: Vm,
     id: number,
     addressSpace: number,
@@ -537,7 +551,7 @@ function commitSlot(vm: Vm, plan: SlotPlan): MemorySlot {
     if (userspace.owned) userspace.view.release();
     throw e;
   }
-  const slot = new MemorySlot(vm, plan.id, plan.addressSpace, plan.guestPhysAddr, plan.size, plan.flags, userspace, plan.guestMemfd);
+  const slot = MemorySlot.create(vm, plan.id, plan.addressSpace, plan.guestPhysAddr, plan.size, plan.flags, userspace, plan.guestMemfd);
   vm.slotTable.insert(slot);
   if (userspace.file) slot.bindings.push(makeBinding(slot, userspace.offset, 'userspace'));
   if (plan.guestMemfd) slot.bindings.push(makeBinding(slot, plan.guestMemfd.offset, 'private'));

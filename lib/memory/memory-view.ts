@@ -40,7 +40,7 @@ export class ViewSet {
 
   /** Wraps a fresh native mapping into a view this set owns. */
   adopt(mapping: NativeMapping, offset: number, length: number): MemoryView {
-    const view = new MemoryView(mapping, offset, length, this);
+    const view = MemoryView.create(mapping, offset, length, this);
     this.#entries.set(mapping[1], {
       arrayBuffer: new WeakRef(mapping[0]),
       view: new WeakRef(view),
@@ -147,7 +147,12 @@ export class MemoryView {
   #slotOwned = false;
 
   /** @internal */
-  constructor(mapping: NativeMapping, offset: number, length: number, set: ViewSet) {
+  static create(mapping: NativeMapping, offset: number, length: number, set: ViewSet): MemoryView {
+    return new MemoryView(mapping, offset, length, set);
+  }
+
+  /** */
+  private constructor(mapping: NativeMapping, offset: number, length: number, set: ViewSet) {
     this.#buffer = Buffer.from(mapping[0], 0, length);
     this.#id = mapping[1];
     this.address = mapping[2];

@@ -1,3 +1,4 @@
+/// <reference types="node" preserve="true" />
 /**
  * `guest-memfd/testing`: what a test suite on a KVM-capable runner reaches for first.
  * Whether KVM is usable here (and why not), which VM type offers what a test needs

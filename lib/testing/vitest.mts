@@ -1,3 +1,4 @@
+/// <reference types="node" preserve="true" />
 /**
  * `guest-memfd/testing` for vitest (the ES module form of the entry): everything the
  * framework-free part exports, plus capability-gated `describeKvm`/`testKvm` that
