@@ -41,6 +41,7 @@ export {
   type UserMemoryRegion2,
   type UserspaceBacking,
   type SlotDescription,
+  type SlotUserspace,
 } from './memory/memory-slot';
 export { GuestMemory } from './memory/guest-memory';
 export { DirtyBitmap, type DirtyPage } from './memory/dirty-log';

@@ -379,7 +379,7 @@ export function rollBackSync(accepted: ReadonlyArray<readonly [Notifier<unknown>
  * rethrown (the caller changes nothing). @internal
  */
 export async function populate(deliveries: readonly Delivery[]): Promise<void>;
-/** With `keep`: resolves to the acceptances, so the caller can roll them back if its own step fails. */
+/** With `keep`: resolves to the acceptances, so the caller can roll them back if its own step fails. @internal */
 export async function populate(deliveries: readonly Delivery[], options: { keep: true }): Promise<Accepted[]>;
 export async function populate(deliveries: readonly Delivery[], options?: { keep: true }): Promise<void | Accepted[]> {
   const accepted: Accepted[] = [];

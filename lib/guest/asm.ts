@@ -199,7 +199,7 @@ export class AsmValue {
     return new AsmValue(owner, labels, evaluate, text);
   }
 
-  /** */
+  /** Made by the library only. */
   private constructor(owner: Assembler, labels: readonly string[], evaluate: (env: Env) => bigint, text: string) {
     this.owner = owner;
     this.labels = labels;
@@ -315,7 +315,7 @@ export class Mem {
     return new Mem(fields);
   }
 
-  /** */
+  /** Made by the library only. */
   private constructor(fields: {
     base: Reg64 | 'rip' | undefined; index: Reg64 | undefined; scale: Scale; disp: bigint | AsmValue;
     target: string | bigint | AsmValue | undefined; size: OperandSize | undefined;

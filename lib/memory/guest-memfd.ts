@@ -51,7 +51,7 @@ export class GuestMemfd extends MemoryFile {
     return new GuestMemfd(owner, fd, size, flags);
   }
 
-  /** */
+  /** Made by the library only. */
   private constructor(owner: GuestMemfdOwner, fd: number, size: number, flags: bigint) {
     super(fd, size, owner.fdCell);
     this.owner = owner;

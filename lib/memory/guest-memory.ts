@@ -32,7 +32,7 @@ export class GuestMemory {
     return new GuestMemory(host);
   }
 
-  /** */
+  /** Made by the library only. */
   private constructor(host: GuestMemoryHost) {
     this.#host = host;
   }

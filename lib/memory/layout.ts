@@ -194,7 +194,7 @@ export class MemoryLayout {
     return new MemoryLayout(vm, files, slots);
   }
 
-  /** */
+  /** Made by the library only. */
   private constructor(vm: Vm, files: Record<string, MemoryFile>, slots: Record<string, MemorySlot>) {
     this.vm = vm;
     this.files = files;

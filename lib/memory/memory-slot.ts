@@ -106,15 +106,20 @@ export interface SlotDescription {
   readonly guestMemfd?: { readonly file: string; readonly offset: number };
 }
 
-/** How a slot holds its userspace memory. @internal */
-interface Userspace {
+/** How a slot holds its userspace (shared) memory. */
+export interface SlotUserspace {
+  /** What backs it: a memfd or guest_memfd the slot mapped, a view given to it, or anonymous memory. */
   readonly kind: 'memfd' | 'guest_memfd' | 'view' | 'anonymous';
+  /** The file, or null for anonymous memory (and views of it). */
   readonly file: MemoryFile | null;
+  /** Offset of the slot's memory in the file. */
   readonly offset: number;
+  /** The mapping the kernel was given (`userspace_addr` is its address). */
   readonly view: MemoryView;
   /** True when the slot created the mapping (and releases it on removal). */
   readonly owned: boolean;
 }
+type Userspace = SlotUserspace;
 
 /**
  * A memory slot of a VM. Created by `vm.addMemorySlot`, removed by
@@ -153,7 +158,7 @@ export class MemorySlot {
     return new MemorySlot(vm, id, addressSpace, guestPhysAddr, size, flags, userspace, guestMemfd);
   }
 
-  /** */
+  /** Made by the library only. */
   private constructor(
     vm: Vm,
     id: number,

@@ -151,7 +151,7 @@ export class MemoryView {
     return new MemoryView(mapping, offset, length, set);
   }
 
-  /** */
+  /** Made by the library only. */
   private constructor(mapping: NativeMapping, offset: number, length: number, set: ViewSet) {
     this.#buffer = Buffer.from(mapping[0], 0, length);
     this.#id = mapping[1];
