@@ -138,7 +138,7 @@ console.log('cjs: loaded', Object.keys(gm).length, 'exports; KVM here:', testing
   const withKvm = spawnSync('npx', ['vitest', 'run'], { cwd: app, encoding: 'utf8', env: { ...process.env, CI: 'true' } });
   process.stdout.write(withKvm.stdout + withKvm.stderr);
   check(withKvm.status === 0, 'the consumer\'s vitest suite passes here');
-  const without = spawnSync('npx', ['vitest', 'run'], { cwd: app, encoding: 'utf8', env: { ...process.env, CI: 'true', GMEM_KVM_PATH: '/nonexistent' } });
+  const without = spawnSync('npx', ['vitest', 'run', '--reporter=verbose'], { cwd: app, encoding: 'utf8', env: { ...process.env, CI: 'true', GMEM_KVM_PATH: '/nonexistent' } });
   process.stdout.write(without.stdout + without.stderr);
   check(without.status === 0, 'without KVM the suite passes too');
   check(/\[skipped: no usable KVM at \/nonexistent/.test(without.stdout), 'and its KVM tests are skipped with the reason in their titles');

@@ -60,7 +60,10 @@ export class Kvm {
       fd = native.kvmOpen(path);
     } catch (e) {
       throw explain(e, `Kvm.open('${path}')`, {
-        ENOENT: 'no KVM device here: load the kvm module (modprobe kvm_intel or kvm_amd) or enable virtualization',
+        ENOENT:
+          path === '/dev/kvm'
+            ? 'no KVM device here: load the kvm module (modprobe kvm_intel or kvm_amd) or enable virtualization'
+            : `no such file (the KVM device is usually /dev/kvm)`,
         EACCES: 'add this user to the group that owns the device (usually kvm), or run as root',
         EPERM: 'add this user to the group that owns the device (usually kvm), or run as root',
       });
