@@ -2,11 +2,12 @@
 // carry the kernel ABI numbers the addon uses, and with KVM each answers a batch in
 // the harness's protocol. Nothing here is timed: benchmarks are not tests.
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { Cap } from '../lib/index';
+import { buildOnce } from './build-cache';
 import { needsKvm, noKvm, vmCap } from './helpers';
 
 const root = path.join(__dirname, '..');
@@ -20,17 +21,15 @@ let bin: string;
 
 beforeAll(() => {
   dir = mkdtempSync(path.join(tmpdir(), 'gmem-bench-test-'));
-  bin = path.join(dir, 'kvm_ref');
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-let compiled: { status: number | null; stderr: string } | undefined;
-
-/** Builds bench/ref/kvm_ref.c once (warnings are errors) and expects success. */
+/** Builds bench/ref/kvm_ref.c (warnings are errors; once per content) and expects success. */
 function compileRef(): void {
-  compiled ??= spawnSync(process.env['CC'] || 'cc', ['-O2', '-Wall', '-Wextra', '-Werror', '-std=gnu11', '-o', bin, cSource], { encoding: 'utf8' });
-  expect(compiled.stderr).toBe('');
-  expect(compiled.status).toBe(0);
+  const built = buildOnce('kvm_ref', [process.env['CC'] || 'cc', '-O2', '-Wall', '-Wextra', '-Werror', '-std=gnu11', '-o', '{out}', cSource], [cSource, path.join(root, 'native', 'uapi', 'kvm_gmem.h')]);
+  expect(built.stderr).toBe('');
+  expect(built.status).toBe(0);
+  bin = built.path;
 }
 
 /** "NAME VALUE" lines into a map. */
@@ -50,7 +49,9 @@ describe('benchmark references', () => {
     const ours = pairs(abi.stdout);
     expect(ours.size).toBeGreaterThan(10);
     // The same names printed by a C++ program built against the addon's header.
-    const probe = path.join(dir, 'abi.cc');
+    // Written where the build cache lives: the same content and path give the same build.
+    const probe = path.join(root, 'node_modules', '.cache', 'guest-memfd-tests', 'abi-probe.cc');
+    mkdirSync(path.dirname(probe), { recursive: true });
     writeFileSync(probe, [
       '#include <cstdio>',
       '#include "uapi/kvm_gmem.h"',
@@ -59,10 +60,9 @@ describe('benchmark references', () => {
       ...[...ours.keys()].map((n) => `  std::printf("${n} %llu\\n", (unsigned long long)(${n}));`),
       '}',
     ].join('\n'));
-    const exe = path.join(dir, 'abi');
-    const cc = spawnSync(process.env['CXX'] || 'c++', ['-std=c++17', '-I', path.join(root, 'native'), '-o', exe, probe], { encoding: 'utf8' });
+    const cc = buildOnce('abi', [process.env['CXX'] || 'c++', '-std=c++17', '-I', path.join(root, 'native'), '-o', '{out}', probe], [probe, path.join(root, 'native', 'uapi', 'kvm_gmem.h')]);
     expect(cc.stderr).toBe('');
-    const header = pairs(spawnSync(exe, { encoding: 'utf8' }).stdout);
+    const header = pairs(spawnSync(cc.path, { encoding: 'utf8' }).stdout);
     expect(Object.fromEntries(ours)).toEqual(Object.fromEntries(header));
   });
 

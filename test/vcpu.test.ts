@@ -17,7 +17,7 @@ import {
 import { findVmType, kvmTest, vcpuThreadCount as vcpuThreads } from '../lib/testing/vitest.mjs';
 import { native } from '../lib/native';
 import { guestRam, openFds, type GuestRam } from './helpers';
-import { slowdown } from './runs';
+import { runs, slowdown } from './runs';
 
 const MiB = 1 << 20;
 const G4 = 1n << 32n;
@@ -46,6 +46,8 @@ function lowRam(vm: Vm): GuestRam {
 const test = kvmTest({ guestMemfd: true });
 /** How soon a kick must stop a running guest (an emulated kernel is ten times slower). */
 const KICK_MS = 100 * slowdown;
+/** vCPU create/close cycles of the leak test (fewer inside an emulated kernel). */
+const VCPU_CYCLES = runs(200);
 const plainTest = kvmTest();
 const hypercallTest = kvmTest({ hypercallExit: true });
 const faultTest = kvmTest({ privateMemory: true, memoryFaultInfo: true });
@@ -385,11 +387,11 @@ plainTest.skipIf(noPreFault)(
   },
 );
 
-test('closing the VM closes its vCPUs; 200 create/close cycles leave no fd', ({ vm }) => {
+test(`closing the VM closes its vCPUs; ${VCPU_CYCLES} create/close cycles leave no fd`, ({ vm }) => {
   lowRam(vm);
   const fds = openFds();
   // The kernel keeps a vCPU until its VM goes, so each cycle uses a new id.
-  for (let i = 1; i <= 200; i++) {
+  for (let i = 1; i <= VCPU_CYCLES; i++) {
     const v = vm.createVcpu(i);
     v.close();
   }

@@ -33,7 +33,18 @@ export interface KvmErrorOptions {
  *   if (e instanceof KvmError && e.code === 'EEXIST') { ... }
  * }
  */
+/** Marks KvmErrors across copies of this module (the addon is shared by every copy in a process). */
+const KVM_ERROR = Symbol.for('guest-memfd.KvmError');
+
 export class KvmError extends Error {
+  /**
+   * `instanceof KvmError` holds for a KvmError made by any copy of this library in
+   * the process: the native addon is loaded once and builds its errors with one of them.
+   */
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return value !== null && typeof value === 'object' && (value as Record<symbol, unknown>)[KVM_ERROR] === true;
+  }
+
   /** errno name, e.g. `'EINVAL'`. */
   readonly code: string;
   /** errno number, e.g. `22`. */
@@ -55,6 +66,7 @@ export class KvmError extends Error {
     const why = options.reason ? `: ${options.reason}` : '';
     super(`${head}${call} failed with ${name} (${description})${why}`);
     this.name = 'KvmError';
+    Object.defineProperty(this, KVM_ERROR, { value: true });
     this.code = name;
     this.errno = options.errno;
     this.syscall = options.syscall;
