@@ -76,5 +76,32 @@ export {
 } from './kvm/exits';
 export { loadRealMode, loadLongMode, loadProgram } from './guest/loader';
 export { CpuidFlag, findCpuid, withCpuidLeaf, cpuidHasLongMode, type CpuidEntry } from './kvm/cpuid';
+export {
+  Assembler,
+  AsmValue,
+  Mem,
+  mem,
+  type AssemblerOptions,
+  type Condition,
+  type ControlRegister,
+  type DebugRegister,
+  type Displacement,
+  type Gpr,
+  type Immediate,
+  type JumpOptions,
+  type MemBuilder,
+  type MemFactory,
+  type MemSpec,
+  type OperandSize,
+  type Reg8,
+  type Reg16,
+  type Reg32,
+  type Reg64,
+  type RepCondPrefix,
+  type RepPrefix,
+  type SameSize,
+  type Scale,
+  type Target,
+} from './guest/asm';
 export * as guest from './guest/programs';
 export type { GuestProgram, LongModeSetup } from './guest/programs';

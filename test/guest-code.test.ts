@@ -298,6 +298,14 @@ describe('long-mode programs', () => {
     expect(insns.filter((x) => x.imm !== undefined).map((x) => x.imm)).toEqual([0x1_0000_0100n, 64n, 0xc3n, 0x3f8n]);
   });
 
+  it('longWritePattern, built with the assembler, keeps the bytes it had when assembled by hand', () => {
+    const hex = (p: GuestProgram): string => Buffer.from(p.bytes).toString('hex');
+    expect(hex(longWritePattern(0x1_0000_0100n, 64, 0xc3, 0x3f8))).toBe('48bf0001000001000000b940000000b0c3fcf3aabaf8030000eef4ebfd');
+    expect(hex(longWritePattern(0n, 0, 0, 0))).toBe('48bf0000000000000000b900000000b000fcf3aaba00000000eef4ebfd');
+    expect(hex(longWritePattern(0xffff_ffff_ffff_ffffn, 0xffff_ffff, 0xff, 0xffff, { loadAddress: 0x2000n })))
+      .toBe('48bfffffffffffffffffb9ffffffffb0fffcf3aabaffff0000eef4ebfd');
+  });
+
   it('longTouch: movabs rsi, mov al, [rsi], out', () => {
     expect(texts(longTouch(0x8000_0000n, 0x3f8))).toEqual(['movabs rsi, imm64', 'mov al, [rsi]', 'mov edx, imm32', 'out dx, al', 'hlt', 'jmp']);
   });

@@ -1,6 +1,7 @@
 /**
- * Guest programs as machine code, assembled by hand so that tests and VMM
- * prototypes need no external assembler.
+ * Guest programs as machine code, so that tests and VMM prototypes need no
+ * external assembler. Most are byte arrays assembled by hand; `longWritePattern`
+ * is built with the {@link Assembler} of `./asm`, the way to write new ones.
  *
  * Every program is position-independent (only relative jumps; every absolute
  * address it uses is data), so `loadAddress` only decides where the bytes go and
@@ -17,6 +18,7 @@
  */
 
 import { ArgumentRangeError, ArgumentTypeError } from '../core/errors';
+import { Assembler } from './asm';
 
 /**
  * A guest program: machine code and where it wants to run.
@@ -600,16 +602,17 @@ export function longWritePattern(dstGpa: number | bigint, length: number, value:
   const n = checkInt('length', length, 0, 0xffff_ffff);
   const v = checkByte(value);
   const p = checkPort(port);
-  return program(`longWritePattern(${formatHex(dst)}, ${n}, ${formatHex(v)}, ${formatHex(p)})`, 'long', [
-    0x48, 0xbf, ...imm64(dst), // movabs rdi, dst  ; first byte to write
-    0xb9, ...imm32(n), //         mov ecx, length  ; byte count (zero-extends into rcx)
-    0xb0, v, //                   mov al, value    ; the fill byte
-    0xfc, //                      cld              ; stosb counts rdi upwards
-    0xf3, 0xaa, //                rep stosb        ; [rdi++] = al, rcx times
-    0xba, ...imm32(p), //         mov edx, port
-    0xee, //                      out dx, al       ; KVM_EXIT_IO carrying value: the fill is complete
-    ...HALT_FOREVER,
-  ], options);
+  // Position-independent, so the origin does not matter.
+  const a = new Assembler();
+  a.movabs('rdi', dst); //  first byte to write
+  a.mov('ecx', n); //       byte count (zero-extends into rcx)
+  a.mov('al', v); //        the fill byte
+  a.cld(); //               stosb counts rdi upwards
+  a.stosb('rep'); //        [rdi++] = al, rcx times
+  a.mov('edx', p);
+  a.out('dx', 'al'); //     KVM_EXIT_IO carrying value: the fill is complete
+  a.label('halt').hlt().jmp('halt'); // as HALT_FOREVER
+  return program(`longWritePattern(${formatHex(dst)}, ${n}, ${formatHex(v)}, ${formatHex(p)})`, 'long', [...a.assemble()], options);
 }
 
 /**
