@@ -3,7 +3,27 @@
  * @packageDocumentation
  */
 export { Kvm, defaultKvmPath, type CreateVmOptions } from './kvm/kvm';
-export { Vm } from './kvm/vm';
+export { Vm, type CreatePitOptions } from './kvm/vm';
+export { EventFd, type EventFdOptions, type EventFdWaitOptions, type EventFdRegistration } from './kvm/eventfd';
+export {
+  IRQCHIP_GSI_COUNT,
+  type IrqfdOptions,
+  type IrqfdBinding,
+  type IoeventfdOptions,
+  type IoeventfdBinding,
+} from './kvm/eventfd-bindings';
+export { Msr, MsrError, MAX_MSRS_PER_CALL, type MsrEntry } from './kvm/msr';
+export {
+  LapicState,
+  LapicRegister,
+  LAPIC_STATE_SIZE,
+  type LvtName,
+  type LvtEntry,
+  type LvtPatch,
+  type LvtDeliveryMode,
+  type LvtTimerMode,
+} from './kvm/lapic';
+export { GuestDebugFlag, type GuestDebugOptions, type HardwareBreakpoint, type BreakpointType } from './kvm/guest-debug';
 export { GuestMemfd, type GuestMemfdOptions } from './memory/guest-memfd';
 export { Memfd, Seal, type SealName, type MemfdOptions, type HugePageSize } from './memory/memfd';
 export { MemoryFile, type FileStat } from './memory/memory-file';
@@ -62,7 +82,7 @@ export {
   type GpaRange,
   type MemoryFault,
 } from './events/conversion';
-export { Vcpu, type RunOptions, type Regs, type Sregs, type Segment, type Dtable, type Fpu, type RunHandlers, type HandlerResult } from './kvm/vcpu';
+export { Vcpu, MpState, type MpStateName, type RunOptions, type Regs, type Sregs, type Segment, type Dtable, type Fpu, type RunHandlers, type HandlerResult } from './kvm/vcpu';
 export {
   decodeExit,
   ExitReason,
@@ -70,6 +90,7 @@ export {
   type IoExit,
   type MmioExit,
   type HltExit,
+  type DebugExit,
   type HypercallExit,
   type MemoryFaultExit,
   type VcpuExitReason,
