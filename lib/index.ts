@@ -27,7 +27,9 @@ export { GuestDebugFlag, type GuestDebugOptions, type HardwareBreakpoint, type B
 export { GuestMemfd, type GuestMemfdOptions } from './memory/guest-memfd';
 export { Memfd, Seal, type SealName, type MemfdOptions, type HugePageSize } from './memory/memfd';
 export { MemoryFile, type FileStat } from './memory/memory-file';
-export { MemoryView } from './memory/memory-view';
+export { MemoryView, type MemoryPolicyInfo } from './memory/memory-view';
+export { numaNodes, MemoryPolicyMode, type MemoryPolicy, type MemoryPolicyModeName } from './memory/numa';
+export { probeGuestMemfdMapping, type GuestMemfdMappingFeatures, type MappingFeature } from './memory/guest-memfd-probe';
 export {
   Cap,
   capName,
