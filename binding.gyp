@@ -12,7 +12,10 @@
         "native/guest_memfd.cc",
         "native/memfd.cc",
         "native/mapping.cc",
-        "native/vcpu.cc"
+        "native/vcpu.cc",
+        "native/eventfd.cc",
+        "native/mempolicy.cc",
+        "native/userfaultfd.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_CPP_EXCEPTIONS_ALL"],

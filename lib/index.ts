@@ -4,11 +4,33 @@
  * @packageDocumentation
  */
 export { Kvm, defaultKvmPath, type CreateVmOptions } from './kvm/kvm';
-export { Vm } from './kvm/vm';
+export { Vm, type CreatePitOptions } from './kvm/vm';
+export { EventFd, type EventFdOptions, type EventFdWaitOptions, type EventFdRegistration } from './kvm/eventfd';
+export {
+  IRQCHIP_GSI_COUNT,
+  type IrqfdOptions,
+  type IrqfdBinding,
+  type IoeventfdOptions,
+  type IoeventfdBinding,
+} from './kvm/eventfd-bindings';
+export { Msr, MsrError, MAX_MSRS_PER_CALL, type MsrEntry } from './kvm/msr';
+export {
+  LapicState,
+  LapicRegister,
+  LAPIC_STATE_SIZE,
+  type LvtName,
+  type LvtEntry,
+  type LvtPatch,
+  type LvtDeliveryMode,
+  type LvtTimerMode,
+} from './kvm/lapic';
+export { GuestDebugFlag, type GuestDebugOptions, type HardwareBreakpoint, type BreakpointType } from './kvm/guest-debug';
 export { GuestMemfd, type GuestMemfdOptions } from './memory/guest-memfd';
 export { Memfd, Seal, type SealName, type MemfdOptions, type HugePageSize } from './memory/memfd';
 export { MemoryFile, type FileStat } from './memory/memory-file';
-export { MemoryView } from './memory/memory-view';
+export { MemoryView, type MemoryPolicyInfo } from './memory/memory-view';
+export { numaNodes, MemoryPolicyMode, type MemoryPolicy, type MemoryPolicyModeName } from './memory/numa';
+export { probeGuestMemfdMapping, type GuestMemfdMappingFeatures, type MappingFeature } from './memory/guest-memfd-probe';
 export {
   Cap,
   capName,
@@ -64,7 +86,7 @@ export {
   type GpaRange,
   type MemoryFault,
 } from './events/conversion';
-export { Vcpu, type RunOptions, type Regs, type Sregs, type Segment, type Dtable, type Fpu, type RunHandlers, type HandlerResult } from './kvm/vcpu';
+export { Vcpu, MpState, type MpStateName, type RunOptions, type Regs, type Sregs, type Segment, type Dtable, type Fpu, type RunHandlers, type HandlerResult } from './kvm/vcpu';
 export {
   decodeExit,
   ExitReason,
@@ -72,6 +94,7 @@ export {
   type IoExit,
   type MmioExit,
   type HltExit,
+  type DebugExit,
   type HypercallExit,
   type MemoryFaultExit,
   type VcpuExitReason,

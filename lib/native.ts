@@ -25,6 +25,12 @@ export interface NativeVcpuRunner {
   close(): void;
 }
 
+/** A one-shot wait for an fd to become readable, on the event loop (libuv poll). @internal */
+export interface NativeFdPoll {
+  /** Cancels a wait that has not fired (its callback is then never called). True if it cancelled one. */
+  close(): boolean;
+}
+
 /** @internal */
 export interface NativeBinding {
   readonly pageSize: number;
@@ -44,6 +50,10 @@ export interface NativeBinding {
   getVcpuMmapSize(fd: number): number;
   createVm(fd: number, type: number): number;
   getSupportedCpuid(kvmFd: number): Uint32Array;
+  getMsrIndexList(kvmFd: number): Uint32Array;
+  getMsrFeatureIndexList(kvmFd: number): Uint32Array;
+  /** KVM_GET_MSRS on the system fd; fills `data`, returns the entries read. */
+  getMsrFeatures(kvmFd: number, indices: Uint32Array, data: BigUint64Array): number;
 
   setUserMemoryRegion2(
     vmFd: number, slot: number, flags: number, guestPhysAddr: number | bigint, memorySize: number | bigint,
@@ -58,6 +68,14 @@ export interface NativeBinding {
   getDirtyLog(vmFd: number, slot: number, bitmap: BigUint64Array): void;
   createVcpu(vmFd: number, id: number): number;
   enableCap(fd: number, cap: number, flags: number, a0: bigint, a1: bigint, a2: bigint, a3: bigint): void;
+  createIrqchip(vmFd: number): void;
+  createPit2(vmFd: number, flags: number): void;
+  /** KVM_IRQ_LINE_STATUS (returns the status) with `withStatus`, else KVM_IRQ_LINE (undefined). */
+  irqLine(vmFd: number, irq: number, level: number, withStatus: boolean): number | undefined;
+  setTssAddr(vmFd: number, addr: bigint): void;
+  setIdentityMapAddr(vmFd: number, addr: bigint): void;
+  irqfd(vmFd: number, eventFd: number, gsi: number, flags: number, resampleFd: number): void;
+  ioeventfd(vmFd: number, datamatch: bigint, addr: bigint, len: number, eventFd: number, flags: number): void;
 
   createGuestMemfd(vmFd: number, size: number | bigint, flags: number | bigint): number;
 
@@ -84,6 +102,35 @@ export interface NativeBinding {
   preFaultMemory(fd: number, gpa: number | bigint, size: number | bigint): void;
   getCpuid(vcpuFd: number): Uint32Array;
   setCpuid(vcpuFd: number, entries: Uint32Array): void;
+  /** KVM_GET_MSRS; fills `data`, returns the entries read. */
+  getMsrs(vcpuFd: number, indices: Uint32Array, data: BigUint64Array): number;
+  /** KVM_SET_MSRS; returns the entries written. */
+  setMsrs(vcpuFd: number, indices: Uint32Array, data: BigUint64Array): number;
+  getLapic(vcpuFd: number, out: Uint8Array): void;
+  setLapic(vcpuFd: number, state: Uint8Array): void;
+  getMpState(vcpuFd: number): number;
+  setMpState(vcpuFd: number, state: number): void;
+  setGuestDebug(vcpuFd: number, control: number, debugreg: BigUint64Array): void;
+
+  eventfdCreate(initval: number, flags: number): number;
+  /** The counter (1 in semaphore mode), 0n when it is zero; never blocks. */
+  eventfdRead(fd: number, blocking: boolean): bigint;
+  /** Adds to the counter; never blocks (EAGAIN when it would overflow). */
+  eventfdWrite(fd: number, value: bigint, blocking: boolean): void;
+  FdPoll: new (fd: number, onReadable: (status: number) => void) => NativeFdPoll;
+
+  mbind(address: bigint, length: number | bigint, mode: number, nodemask: BigUint64Array, flags: number): void;
+  /** get_mempolicy(MPOL_F_ADDR) of `address`: fills the mask, returns the mode. */
+  addressPolicy(address: bigint, mask: BigUint64Array): number;
+  /** The policy a fresh mapping of `fd` at `offset` sees: fills the mask, returns the mode. */
+  filePolicy(fd: number, offset: number | bigint, mask: BigUint64Array): number;
+  /** move_pages(2) status of `pages` pages from `address`: node or negative errno. */
+  pageNodes(address: bigint, pages: number, status: Int32Array): void;
+
+  /** errno of UFFDIO_REGISTER of the range in `mode` (0: it registered). */
+  uffdRegisterErrno(address: bigint, length: number | bigint, mode: number): number;
+  readonly uffdModeMissing: number;
+  readonly uffdModeMinor: number;
 }
 
 const load = require('node-gyp-build') as (dir: string) => unknown;

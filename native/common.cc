@@ -90,6 +90,56 @@ Napi::Value CpuidTable(Napi::Env env, int fd, unsigned long request, const char*
   return ThrowErrno(env, E2BIG, "ioctl", name);
 }
 
+Napi::Value MsrIndexList(Napi::Env env, int fd, unsigned long request, const char* name) {
+  using namespace gmem_uapi;
+  // The list can grow between the two calls only if the kernel changes under us;
+  // retry a few times rather than trust one answer.
+  uint32_t n = 0;
+  for (int attempt = 0; attempt < 4; attempt++) {
+    std::vector<uint8_t> buf(sizeof(kvm_msr_list) + static_cast<size_t>(n) * sizeof(uint32_t), 0);
+    auto* list = reinterpret_cast<kvm_msr_list*>(buf.data());
+    list->nmsrs = n;
+    if (ioctl(fd, request, list) != 0) {
+      if (errno == E2BIG && list->nmsrs > n) {
+        n = list->nmsrs;
+        continue;
+      }
+      return ThrowErrno(env, errno, "ioctl", name);
+    }
+    uint32_t count = std::min(list->nmsrs, n);
+    Napi::Uint32Array out = Napi::Uint32Array::New(env, count);
+    if (count) memcpy(out.Data(), buf.data() + sizeof(kvm_msr_list), static_cast<size_t>(count) * sizeof(uint32_t));
+    return out;
+  }
+  return ThrowErrno(env, E2BIG, "ioctl", name);
+}
+
+Napi::Value MsrIo(const Napi::CallbackInfo& info, unsigned long request, const char* name) {
+  using namespace gmem_uapi;
+  int32_t fd;
+  Napi::TypedArray indicesArg, dataArg;
+  if (!ArgI32(info, 0, &fd) || !ArgTypedArray(info, 1, napi_uint32_array, 0, &indicesArg)) return Napi::Value();
+  size_t n = indicesArg.ElementLength();
+  if (!ArgTypedArray(info, 2, napi_biguint64_array, n, &dataArg)) return Napi::Value();
+  if (n >= KVM_MAX_IO_MSRS) return ThrowErrno(info.Env(), E2BIG, "ioctl", name);
+  Napi::Uint32Array indices = indicesArg.As<Napi::Uint32Array>();
+  Napi::BigUint64Array data = dataArg.As<Napi::BigUint64Array>();
+  std::vector<uint8_t> buf(sizeof(kvm_msrs) + n * sizeof(kvm_msr_entry), 0);
+  auto* msrs = reinterpret_cast<kvm_msrs*>(buf.data());
+  auto* entries = reinterpret_cast<kvm_msr_entry*>(buf.data() + sizeof(kvm_msrs));
+  msrs->nmsrs = static_cast<uint32_t>(n);
+  for (size_t i = 0; i < n; i++) {
+    entries[i].index = indices[i];
+    entries[i].data = data[i];
+  }
+  int r = ioctl(fd, request, msrs);
+  if (r < 0) return ThrowErrno(info.Env(), errno, "ioctl", name);
+  size_t done = std::min(static_cast<size_t>(r), n);
+  if (request == KVM_GET_MSRS)
+    for (size_t i = 0; i < done; i++) data[i] = entries[i].data;
+  return Napi::Number::New(info.Env(), static_cast<double>(done));
+}
+
 bool ArgU64(const Napi::CallbackInfo& info, size_t i, uint64_t* out) {
   Napi::Value v = info[i];
   if (v.IsNumber()) {

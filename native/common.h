@@ -118,6 +118,16 @@ bool ArgTypedArray(const Napi::CallbackInfo& info, size_t i, napi_typedarray_typ
 // struct kvm_cpuid_entry2), or throws.
 Napi::Value CpuidTable(Napi::Env env, int fd, unsigned long request, const char* name);
 
+// KVM_GET_MSR_INDEX_LIST / KVM_GET_MSR_FEATURE_INDEX_LIST on the system fd: asks for
+// the count (the kernel answers E2BIG with it), then the list. Returns a Uint32Array.
+Napi::Value MsrIndexList(Napi::Env env, int fd, unsigned long request, const char* name);
+
+// msrIo(fd, indices: Uint32Array, data: BigUint64Array) for KVM_GET_MSRS and
+// KVM_SET_MSRS (vCPU fd, or the system fd for feature MSRs): one struct kvm_msrs of
+// indices.length entries. Returns the number of entries the kernel processed (it
+// stops at the first it cannot handle); a GET fills `data` for those.
+Napi::Value MsrIo(const Napi::CallbackInfo& info, unsigned long request, const char* name);
+
 }  // namespace gmem
 
 #endif

@@ -64,7 +64,27 @@ static Napi::Value GetSupportedCpuid(const Napi::CallbackInfo& info) {
   return CpuidTable(info.Env(), fd, KVM_GET_SUPPORTED_CPUID, "KVM_GET_SUPPORTED_CPUID");
 }
 
+// getMsrIndexList(kvmFd) -> Uint32Array: the MSRs KVM_GET/SET_MSRS handle on a vCPU.
+static Napi::Value GetMsrIndexList(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  if (!ArgI32(info, 0, &fd)) return Napi::Value();
+  return MsrIndexList(info.Env(), fd, KVM_GET_MSR_INDEX_LIST, "KVM_GET_MSR_INDEX_LIST");
+}
+
+// getMsrFeatureIndexList(kvmFd) -> Uint32Array: the feature MSRs KVM_GET_MSRS reads on the system fd.
+static Napi::Value GetMsrFeatureIndexList(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  if (!ArgI32(info, 0, &fd)) return Napi::Value();
+  return MsrIndexList(info.Env(), fd, KVM_GET_MSR_FEATURE_INDEX_LIST, "KVM_GET_MSR_FEATURE_INDEX_LIST");
+}
+
+// getMsrFeatures(kvmFd, indices, data) -> count: KVM_GET_MSRS on the system fd.
+static Napi::Value GetMsrFeatures(const Napi::CallbackInfo& info) { return MsrIo(info, KVM_GET_MSRS, "KVM_GET_MSRS"); }
+
 void InitKvm(Napi::Env env, Napi::Object exports) {
+  exports.Set("getMsrIndexList", Napi::Function::New(env, GetMsrIndexList, "getMsrIndexList"));
+  exports.Set("getMsrFeatureIndexList", Napi::Function::New(env, GetMsrFeatureIndexList, "getMsrFeatureIndexList"));
+  exports.Set("getMsrFeatures", Napi::Function::New(env, GetMsrFeatures, "getMsrFeatures"));
   exports.Set("getSupportedCpuid", Napi::Function::New(env, GetSupportedCpuid, "getSupportedCpuid"));
   exports.Set("kvmOpen", Napi::Function::New(env, KvmOpen, "kvmOpen"));
   exports.Set("getApiVersion", Napi::Function::New(env, GetApiVersion, "getApiVersion"));

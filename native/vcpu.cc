@@ -529,6 +529,8 @@ static Napi::Value GetRegs(const Napi::CallbackInfo& i) { return StructIoctl<KVM
 static Napi::Value SetRegs(const Napi::CallbackInfo& i) { return StructIoctl<KVM_SET_REGS, sizeof(kvm_regs)>(i, "KVM_SET_REGS"); }
 static Napi::Value GetSregs(const Napi::CallbackInfo& i) { return StructIoctl<KVM_GET_SREGS, sizeof(kvm_sregs)>(i, "KVM_GET_SREGS"); }
 static Napi::Value SetSregs(const Napi::CallbackInfo& i) { return StructIoctl<KVM_SET_SREGS, sizeof(kvm_sregs)>(i, "KVM_SET_SREGS"); }
+static Napi::Value GetLapic(const Napi::CallbackInfo& i) { return StructIoctl<KVM_GET_LAPIC, sizeof(kvm_lapic_state)>(i, "KVM_GET_LAPIC"); }
+static Napi::Value SetLapic(const Napi::CallbackInfo& i) { return StructIoctl<KVM_SET_LAPIC, sizeof(kvm_lapic_state)>(i, "KVM_SET_LAPIC"); }
 static Napi::Value GetFpu(const Napi::CallbackInfo& i) { return StructIoctl<KVM_GET_FPU, sizeof(kvm_fpu)>(i, "KVM_GET_FPU"); }
 static Napi::Value SetFpu(const Napi::CallbackInfo& i) { return StructIoctl<KVM_SET_FPU, sizeof(kvm_fpu)>(i, "KVM_SET_FPU"); }
 
@@ -571,7 +573,53 @@ static Napi::Value SetCpuid(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// getMsrs(vcpuFd, indices, data) / setMsrs(vcpuFd, indices, data) -> entries processed.
+static Napi::Value GetMsrs(const Napi::CallbackInfo& info) { return MsrIo(info, KVM_GET_MSRS, "KVM_GET_MSRS"); }
+static Napi::Value SetMsrs(const Napi::CallbackInfo& info) { return MsrIo(info, KVM_SET_MSRS, "KVM_SET_MSRS"); }
+
+// getMpState(vcpuFd) -> KVM_MP_STATE_* number
+static Napi::Value GetMpState(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  if (!ArgI32(info, 0, &fd)) return Napi::Value();
+  kvm_mp_state state = {0};
+  if (ioctl(fd, KVM_GET_MP_STATE, &state) != 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_GET_MP_STATE");
+  return Napi::Number::New(info.Env(), state.mp_state);
+}
+
+// setMpState(vcpuFd, state)
+static Napi::Value SetMpState(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  uint32_t value;
+  if (!ArgI32(info, 0, &fd) || !ArgU32(info, 1, &value)) return Napi::Value();
+  kvm_mp_state state = {value};
+  if (ioctl(fd, KVM_SET_MP_STATE, &state) != 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_SET_MP_STATE");
+  return info.Env().Undefined();
+}
+
+// setGuestDebug(vcpuFd, control, debugreg: BigUint64Array(8))
+static Napi::Value SetGuestDebug(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  uint32_t control;
+  Napi::TypedArray array;
+  if (!ArgI32(info, 0, &fd) || !ArgU32(info, 1, &control) || !ArgTypedArray(info, 2, napi_biguint64_array, 8, &array))
+    return Napi::Value();
+  Napi::BigUint64Array regs = array.As<Napi::BigUint64Array>();
+  kvm_guest_debug debug;
+  memset(&debug, 0, sizeof debug);
+  debug.control = control;
+  for (size_t i = 0; i < 8; i++) debug.debugreg[i] = regs[i];
+  if (ioctl(fd, KVM_SET_GUEST_DEBUG, &debug) != 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_SET_GUEST_DEBUG");
+  return info.Env().Undefined();
+}
+
 void InitVcpu(Napi::Env env, Napi::Object exports) {
+  exports.Set("getMsrs", Napi::Function::New(env, GetMsrs, "getMsrs"));
+  exports.Set("setMsrs", Napi::Function::New(env, SetMsrs, "setMsrs"));
+  exports.Set("getLapic", Napi::Function::New(env, GetLapic, "getLapic"));
+  exports.Set("setLapic", Napi::Function::New(env, SetLapic, "setLapic"));
+  exports.Set("getMpState", Napi::Function::New(env, GetMpState, "getMpState"));
+  exports.Set("setMpState", Napi::Function::New(env, SetMpState, "setMpState"));
+  exports.Set("setGuestDebug", Napi::Function::New(env, SetGuestDebug, "setGuestDebug"));
   exports.Set("getCpuid", Napi::Function::New(env, GetCpuid, "getCpuid"));
   exports.Set("setCpuid", Napi::Function::New(env, SetCpuid, "setCpuid"));
   struct sigaction action;

@@ -125,7 +125,108 @@ static Napi::Value EnableCap(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+static Napi::Value CreateIrqchip(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  if (!ArgI32(info, 0, &fd)) return Napi::Value();
+  if (ioctl(fd, KVM_CREATE_IRQCHIP, 0) != 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_CREATE_IRQCHIP");
+  return info.Env().Undefined();
+}
+
+// createPit2(vmFd, flags)
+static Napi::Value CreatePit2(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  uint32_t flags;
+  if (!ArgI32(info, 0, &fd) || !ArgU32(info, 1, &flags)) return Napi::Value();
+  kvm_pit_config config;
+  memset(&config, 0, sizeof config);
+  config.flags = flags;
+  if (ioctl(fd, KVM_CREATE_PIT2, &config) != 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_CREATE_PIT2");
+  return info.Env().Undefined();
+}
+
+// irqLine(vmFd, irq, level, withStatus) -> status (KVM_IRQ_LINE_STATUS) or undefined
+// (KVM_IRQ_LINE).
+static Napi::Value IrqLine(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  uint32_t irq, level;
+  if (!ArgI32(info, 0, &fd) || !ArgU32(info, 1, &irq) || !ArgU32(info, 2, &level)) return Napi::Value();
+  bool withStatus = info[3].ToBoolean().Value();
+  kvm_irq_level line;
+  memset(&line, 0, sizeof line);
+  line.irq = irq;
+  line.level = level;
+  if (withStatus) {
+    if (ioctl(fd, KVM_IRQ_LINE_STATUS, &line) != 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_IRQ_LINE_STATUS");
+    return Napi::Number::New(info.Env(), line.status);
+  }
+  if (ioctl(fd, KVM_IRQ_LINE, &line) != 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_IRQ_LINE");
+  return info.Env().Undefined();
+}
+
+// setTssAddr(vmFd, addr): the argument is the address itself, not a pointer.
+static Napi::Value SetTssAddr(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  uint64_t addr;
+  if (!ArgI32(info, 0, &fd) || !ArgU64(info, 1, &addr)) return Napi::Value();
+  if (ioctl(fd, KVM_SET_TSS_ADDR, static_cast<unsigned long>(addr)) != 0)
+    return ThrowErrno(info.Env(), errno, "ioctl", "KVM_SET_TSS_ADDR");
+  return info.Env().Undefined();
+}
+
+// setIdentityMapAddr(vmFd, addr): the argument is a pointer to a __u64.
+static Napi::Value SetIdentityMapAddr(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  uint64_t addr;
+  if (!ArgI32(info, 0, &fd) || !ArgU64(info, 1, &addr)) return Napi::Value();
+  if (ioctl(fd, KVM_SET_IDENTITY_MAP_ADDR, &addr) != 0)
+    return ThrowErrno(info.Env(), errno, "ioctl", "KVM_SET_IDENTITY_MAP_ADDR");
+  return info.Env().Undefined();
+}
+
+// irqfd(vmFd, eventFd, gsi, flags, resampleFd)
+static Napi::Value Irqfd(const Napi::CallbackInfo& info) {
+  int32_t fd, eventFd, resampleFd;
+  uint32_t gsi, flags;
+  if (!ArgI32(info, 0, &fd) || !ArgI32(info, 1, &eventFd) || !ArgU32(info, 2, &gsi) || !ArgU32(info, 3, &flags) ||
+      !ArgI32(info, 4, &resampleFd))
+    return Napi::Value();
+  kvm_irqfd args;
+  memset(&args, 0, sizeof args);
+  args.fd = static_cast<uint32_t>(eventFd);
+  args.gsi = gsi;
+  args.flags = flags;
+  args.resamplefd = static_cast<uint32_t>(resampleFd);
+  if (ioctl(fd, KVM_IRQFD, &args) != 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_IRQFD");
+  return info.Env().Undefined();
+}
+
+// ioeventfd(vmFd, datamatch, addr, len, eventFd, flags)
+static Napi::Value Ioeventfd(const Napi::CallbackInfo& info) {
+  int32_t fd, eventFd;
+  uint64_t datamatch, addr;
+  uint32_t len, flags;
+  if (!ArgI32(info, 0, &fd) || !ArgU64(info, 1, &datamatch) || !ArgU64(info, 2, &addr) || !ArgU32(info, 3, &len) ||
+      !ArgI32(info, 4, &eventFd) || !ArgU32(info, 5, &flags))
+    return Napi::Value();
+  kvm_ioeventfd args;
+  memset(&args, 0, sizeof args);
+  args.datamatch = datamatch;
+  args.addr = addr;
+  args.len = len;
+  args.fd = eventFd;
+  args.flags = flags;
+  if (ioctl(fd, KVM_IOEVENTFD, &args) != 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_IOEVENTFD");
+  return info.Env().Undefined();
+}
+
 void InitVm(Napi::Env env, Napi::Object exports) {
+  exports.Set("createIrqchip", Napi::Function::New(env, CreateIrqchip, "createIrqchip"));
+  exports.Set("createPit2", Napi::Function::New(env, CreatePit2, "createPit2"));
+  exports.Set("irqLine", Napi::Function::New(env, IrqLine, "irqLine"));
+  exports.Set("setTssAddr", Napi::Function::New(env, SetTssAddr, "setTssAddr"));
+  exports.Set("setIdentityMapAddr", Napi::Function::New(env, SetIdentityMapAddr, "setIdentityMapAddr"));
+  exports.Set("irqfd", Napi::Function::New(env, Irqfd, "irqfd"));
+  exports.Set("ioeventfd", Napi::Function::New(env, Ioeventfd, "ioeventfd"));
   exports.Set("setUserMemoryRegion2", Napi::Function::New(env, SetUserMemoryRegion2, "setUserMemoryRegion2"));
   exports.Set("setUserMemoryRegion", Napi::Function::New(env, SetUserMemoryRegion, "setUserMemoryRegion"));
   exports.Set("setMemoryAttributes", Napi::Function::New(env, SetMemoryAttributes, "setMemoryAttributes"));

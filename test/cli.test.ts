@@ -83,6 +83,29 @@ describe.skipIf(noKvm)(needsKvm('gmem probe on the real kernel'), () => {
     expect(json.vm.raw.KVM_CAP_NR_MEMSLOTS).toBeGreaterThan(0);
   });
 
+  test('per VM type, the probe tries a guest_memfd mapping: NUMA policy and userfaultfd (missing, minor), in the table and the JSON', async () => {
+    const report = probe(kvmPath);
+    expect(report.guestMemfdMapping.map((m) => m.vmType)).toEqual(report.system.vmTypes);
+    for (const m of report.guestMemfdMapping) {
+      for (const f of [m.mempolicy, m.userfaultfdMissing, m.userfaultfdMinor]) {
+        expect(typeof f.supported).toBe('boolean');
+        expect(f.detail.length).toBeGreaterThan(10);
+        if (!m.mappable) expect(f.supported).toBe(false);
+      }
+      if (m.mappable) {
+        expect(m.userfaultfdMissing.detail).toMatch(/UFFDIO_REGISTER \(mode missing\)|before registering/);
+        expect(m.userfaultfdMinor.detail).toMatch(/UFFDIO_REGISTER \(mode minor\)|before registering/);
+        expect(m.mempolicy.detail).toMatch(/mbind\(MPOL_BIND, node \d+\)/);
+      }
+    }
+    const table = formatProbe(report);
+    expect(table).toMatch(/guest_memfd mappings \(tried on a small file per VM type\):/);
+    expect(table).toMatch(/VM type\s+mappable\s+NUMA policy\s+uffd missing\s+uffd minor/);
+    for (const m of report.guestMemfdMapping) expect(table).toMatch(new RegExp(`^${m.vmType}\\s+(yes|no)\\s+(yes|no)`, 'm'));
+    const json = JSON.parse((await run(['probe', '--json', '--device', kvmPath])).out);
+    expect(json.guestMemfdMapping).toEqual(JSON.parse(JSON.stringify(report.guestMemfdMapping)));
+  });
+
   test('the built bin runs as a process', () => {
     const cli = path.join(__dirname, '..', 'dist', 'tools', 'cli.js');
     const r = spawnSync(process.execPath, [cli, 'probe', '--json', '--device', kvmPath], { encoding: 'utf8' });

@@ -8,20 +8,46 @@
  * `kvm.checkExtension(Cap.GuestMemfd)` and `vm.checkExtension(...)`.
  */
 export const Cap = {
+  /** KVM_CAP_IRQCHIP: KVM_CREATE_IRQCHIP (in-kernel PIC, IOAPIC and local APICs). */
+  Irqchip: 0,
   /** KVM_CAP_USER_MEMORY: KVM_SET_USER_MEMORY_REGION. */
   UserMemory: 3,
+  /** KVM_CAP_SET_TSS_ADDR: KVM_SET_TSS_ADDR. */
+  SetTssAddr: 4,
   /** KVM_CAP_NR_VCPUS: recommended vCPU count. */
   NrVcpus: 9,
   /** KVM_CAP_NR_MEMSLOTS: memory slots per address space. */
   NrMemslots: 10,
+  /** KVM_CAP_MP_STATE: KVM_GET/SET_MP_STATE. */
+  MpState: 14,
+  /** KVM_CAP_SET_GUEST_DEBUG: KVM_SET_GUEST_DEBUG. */
+  SetGuestDebug: 23,
+  /** KVM_CAP_IRQ_INJECT_STATUS: KVM_IRQ_LINE_STATUS reports what became of an interrupt. */
+  IrqInjectStatus: 26,
+  /** KVM_CAP_IRQFD: KVM_IRQFD. */
+  Irqfd: 32,
+  /** KVM_CAP_PIT2: KVM_CREATE_PIT2. */
+  Pit2: 33,
+  /** KVM_CAP_IOEVENTFD: KVM_IOEVENTFD. */
+  Ioeventfd: 36,
+  /** KVM_CAP_SET_IDENTITY_MAP_ADDR: KVM_SET_IDENTITY_MAP_ADDR. */
+  SetIdentityMapAddr: 37,
   /** KVM_CAP_MAX_VCPUS. */
   MaxVcpus: 66,
   /** KVM_CAP_READONLY_MEM: KVM_MEM_READONLY slots. */
   ReadonlyMem: 81,
+  /** KVM_CAP_IRQFD_RESAMPLE: KVM_IRQFD_FLAG_RESAMPLE (level-triggered irqfds). */
+  IrqfdResample: 82,
+  /** KVM_CAP_IOEVENTFD_NO_LENGTH: ioeventfds of length 0 (any write to the address). */
+  IoeventfdNoLength: 100,
   /** KVM_CAP_MULTI_ADDRESS_SPACE: number of address spaces (SMM on x86). */
   MultiAddressSpace: 118,
   /** KVM_CAP_IMMEDIATE_EXIT: kvm_run.immediate_exit. */
   ImmediateExit: 136,
+  /** KVM_CAP_GET_MSR_FEATURES: KVM_GET_MSR_FEATURE_INDEX_LIST and KVM_GET_MSRS on the system fd. */
+  GetMsrFeatures: 153,
+  /** KVM_CAP_SET_GUEST_DEBUG2: the KVM_GUESTDBG_* control bits KVM_SET_GUEST_DEBUG accepts. */
+  SetGuestDebug2: 195,
   /** KVM_CAP_EXIT_HYPERCALL: bitmap of hypercalls that exit to userspace. */
   ExitHypercall: 201,
   /** KVM_CAP_USER_MEMORY2: KVM_SET_USER_MEMORY_REGION2. */
@@ -44,13 +70,26 @@ export const Cap = {
 export type CapName = keyof typeof Cap;
 
 const capKernelNames: Record<number, string> = {
+  0: 'KVM_CAP_IRQCHIP',
   3: 'KVM_CAP_USER_MEMORY',
+  4: 'KVM_CAP_SET_TSS_ADDR',
   9: 'KVM_CAP_NR_VCPUS',
   10: 'KVM_CAP_NR_MEMSLOTS',
+  14: 'KVM_CAP_MP_STATE',
+  23: 'KVM_CAP_SET_GUEST_DEBUG',
+  26: 'KVM_CAP_IRQ_INJECT_STATUS',
+  32: 'KVM_CAP_IRQFD',
+  33: 'KVM_CAP_PIT2',
+  36: 'KVM_CAP_IOEVENTFD',
+  37: 'KVM_CAP_SET_IDENTITY_MAP_ADDR',
   66: 'KVM_CAP_MAX_VCPUS',
   81: 'KVM_CAP_READONLY_MEM',
+  82: 'KVM_CAP_IRQFD_RESAMPLE',
+  100: 'KVM_CAP_IOEVENTFD_NO_LENGTH',
   118: 'KVM_CAP_MULTI_ADDRESS_SPACE',
   136: 'KVM_CAP_IMMEDIATE_EXIT',
+  153: 'KVM_CAP_GET_MSR_FEATURES',
+  195: 'KVM_CAP_SET_GUEST_DEBUG2',
   201: 'KVM_CAP_EXIT_HYPERCALL',
   231: 'KVM_CAP_USER_MEMORY2',
   232: 'KVM_CAP_MEMORY_FAULT_INFO',

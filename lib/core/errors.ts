@@ -158,17 +158,21 @@ export function closedError(what: string, operation: string): StateError {
 }
 
 /**
- * A vCPU run did not end within its `timeoutMs`: the vCPU was kicked (the guest
- * stopped where it was, resumable) and the call rejected. The vCPU stays usable.
+ * A call did not finish within its `timeoutMs`. For a vCPU run: the vCPU was kicked
+ * (the guest stopped where it was, resumable) and the call rejected; the vCPU stays
+ * usable. For an eventfd wait: the wait was cancelled, the counter left as it was.
  */
 export class TimeoutError extends Error {
   /** Always `'ERR_TIMEOUT'`. */
   readonly code = 'ERR_TIMEOUT';
   /** The time limit that expired, in milliseconds. */
   readonly timeoutMs: number;
-  /** `operation` names the call, e.g. `'vcpu.run'`. */
-  constructor(operation: string, timeoutMs: number) {
-    super(`${operation}: the guest did not exit within timeoutMs ${timeoutMs}; the vCPU was kicked and can run again`);
+  /**
+   * `operation` names the call, e.g. `'vcpu.run'`; `what` says what did not happen
+   * in time and what became of it (default: the vCPU case).
+   */
+  constructor(operation: string, timeoutMs: number, what?: string) {
+    super(`${operation}: ${what ?? `the guest did not exit within timeoutMs ${timeoutMs}; the vCPU was kicked and can run again`}`);
     this.name = 'TimeoutError';
     this.timeoutMs = timeoutMs;
   }

@@ -7,6 +7,7 @@ import { native } from '../native';
 import { closed, track, type FdCell } from '../core/ownership';
 import { options as readOptions, oneOf, uint, given } from '../core/validate';
 import { decodeCpuid, type CpuidEntry } from './cpuid';
+import { checkMsrIndices, msrEntries, MsrError, type MsrEntry } from './msr';
 import { Vm } from './vm';
 
 /** The path `Kvm.open()` uses: `$GMEM_KVM_PATH`, else `/dev/kvm`. */
@@ -21,7 +22,8 @@ export interface CreateVmOptions {
 }
 
 /**
- * An open /dev/kvm (KVM_GET_API_VERSION, KVM_CHECK_EXTENSION, KVM_CREATE_VM).
+ * An open /dev/kvm (KVM_GET_API_VERSION, KVM_CHECK_EXTENSION, KVM_CREATE_VM,
+ * KVM_GET_SUPPORTED_CPUID, KVM_GET_MSR_INDEX_LIST).
  * Closing it closes every VM it created.
  *
  * @example
@@ -38,6 +40,8 @@ export class Kvm {
   readonly #vms = new Set<Vm>();
   #vcpuMmapSize = 0;
   #supportedCpuid: Uint32Array | undefined;
+  #msrIndexList: Uint32Array | undefined;
+  #msrFeatureIndexList: Uint32Array | undefined;
 
   private constructor(path: string, fd: number, apiVersion: number) {
     this.path = path;
@@ -124,6 +128,74 @@ export class Kvm {
       }
     }
     return decodeCpuid(this.#supportedCpuid);
+  }
+
+  /**
+   * KVM_GET_MSR_INDEX_LIST: the MSRs `vcpu.getMsrs` / `vcpu.setMsrs` can transfer on
+   * this host (a fresh copy per call; the kernel is asked once).
+   *
+   * @example
+   * kvm.msrIndexList().includes(Msr.SysenterCs);   // true
+   */
+  msrIndexList(): number[] {
+    const fd = this.fd;
+    if (!this.#msrIndexList) {
+      try {
+        this.#msrIndexList = native.getMsrIndexList(fd);
+      } catch (e) {
+        throw explain(e, 'kvm.msrIndexList', { ENOTTY: 'this KVM has no MSRs (not x86)' });
+      }
+    }
+    return Array.from(this.#msrIndexList);
+  }
+
+  /**
+   * KVM_GET_MSR_FEATURE_INDEX_LIST: the feature MSRs (what the host CPU can offer a
+   * guest, e.g. IA32_ARCH_CAPABILITIES) that `kvm.getMsrFeatures` reads. Needs
+   * KVM_CAP_GET_MSR_FEATURES.
+   *
+   * @example
+   * const features = kvm.getMsrFeatures(kvm.msrFeatureIndexList());
+   */
+  msrFeatureIndexList(): number[] {
+    const fd = this.fd;
+    const cap = native.checkExtension(fd, Cap.GetMsrFeatures);
+    if (cap <= 0) throw new UnsupportedError(capName(Cap.GetMsrFeatures), cap, 'kvm.msrFeatureIndexList');
+    if (!this.#msrFeatureIndexList) {
+      try {
+        this.#msrFeatureIndexList = native.getMsrFeatureIndexList(fd);
+      } catch (e) {
+        throw explain(e, 'kvm.msrFeatureIndexList');
+      }
+    }
+    return Array.from(this.#msrFeatureIndexList);
+  }
+
+  /**
+   * KVM_GET_MSRS on the system fd: the values of feature MSRs (those
+   * `msrFeatureIndexList` lists), in order. KVM stops at the first it cannot read:
+   * that is an {@link MsrError} naming it, with the values read before it. Needs
+   * KVM_CAP_GET_MSR_FEATURES.
+   *
+   * @example
+   * const [arch] = kvm.getMsrFeatures([0x10a]);   // IA32_ARCH_CAPABILITIES
+   */
+  getMsrFeatures(indices: readonly number[]): MsrEntry[] {
+    const op = 'kvm.getMsrFeatures';
+    const list = checkMsrIndices(op, indices);
+    const fd = this.fd;
+    const cap = native.checkExtension(fd, Cap.GetMsrFeatures);
+    if (cap <= 0) throw new UnsupportedError(capName(Cap.GetMsrFeatures), cap, op);
+    const data = new BigUint64Array(list.length);
+    let n: number;
+    try {
+      n = native.getMsrFeatures(fd, list, data);
+    } catch (e) {
+      throw explain(e, `${op}(${list.length} MSRs)`);
+    }
+    const entries = msrEntries(list, data, n);
+    if (n < list.length) throw new MsrError(op, 'read', list.length, entries, list[n]!);
+    return entries;
   }
 
   /** KVM_GET_VCPU_MMAP_SIZE (cached). @internal */

@@ -11,6 +11,9 @@ import { native, type NativeVcpuRunner } from '../native';
 import { closed, track, type FdCell } from '../core/ownership';
 import { enableCapOn } from './enable-cap';
 import { decodeCpuid, encodeCpuid, type CpuidEntry } from './cpuid';
+import { checkMsrEntries, checkMsrIndices, msrEntries, MsrError, type MsrEntry } from './msr';
+import { LAPIC_STATE_SIZE, LapicState } from './lapic';
+import { encodeGuestDebug, type GuestDebugOptions } from './guest-debug';
 import { hex, PAGE_SIZE, u64, uint } from '../core/validate';
 import type { Vm } from './vm';
 
@@ -153,6 +156,43 @@ export interface RunHandlers extends RunOptions {
 }
 
 const NO_CLEANUP = (): void => {};
+
+/**
+ * `KVM_MP_STATE_*` (include/uapi/linux/kvm.h), by name: what a vCPU is doing as
+ * the in-kernel local APIC sees it. x86 uses the first six (and the SEV-ES
+ * `'ap-reset-hold'`); the rest belong to other architectures.
+ */
+export const MpState = {
+  /** KVM_MP_STATE_RUNNABLE: running (the only state without an in-kernel irqchip). */
+  runnable: 0,
+  /** KVM_MP_STATE_UNINITIALIZED: an application processor waiting for INIT. */
+  uninitialized: 1,
+  /** KVM_MP_STATE_INIT_RECEIVED: INIT received, waiting for SIPI. */
+  'init-received': 2,
+  /** KVM_MP_STATE_HALTED: executed HLT, waiting for an interrupt. */
+  halted: 3,
+  /** KVM_MP_STATE_SIPI_RECEIVED: SIPI received (set as INIT received with the SIPI pending). */
+  'sipi-received': 4,
+  /** KVM_MP_STATE_STOPPED (s390). */
+  stopped: 5,
+  /** KVM_MP_STATE_CHECK_STOP (s390). */
+  'check-stop': 6,
+  /** KVM_MP_STATE_OPERATING (s390). */
+  operating: 7,
+  /** KVM_MP_STATE_LOAD (s390). */
+  load: 8,
+  /** KVM_MP_STATE_AP_RESET_HOLD: an SEV-ES application processor parked by the guest. */
+  'ap-reset-hold': 9,
+  /** KVM_MP_STATE_SUSPENDED (arm64). */
+  suspended: 10,
+} as const;
+
+/** A name of {@link MpState}. */
+export type MpStateName = keyof typeof MpState;
+
+/** The states KVM_SET_MP_STATE accepts on x86 (arch/x86/kvm/x86.c). */
+const X86_MP_STATES: readonly MpStateName[] = ['runnable', 'uninitialized', 'init-received', 'halted', 'sipi-received', 'ap-reset-hold'];
+const MP_STATE_NAMES = Object.keys(MpState) as MpStateName[];
 
 const regNames = [
   'rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rsp', 'rbp',
@@ -549,6 +589,181 @@ export class Vcpu {
       throw explain(e, `${op}(${entries.length} entries)`, {
         EINVAL: 'the kernel refused the table: after the first KVM_RUN only an identical table is accepted, or an entry is inconsistent',
         E2BIG: 'too many entries',
+      });
+    }
+  }
+
+  // --- MSRs, local APIC, MP state, guest debugging -----------------------------------------
+
+  /**
+   * KVM_GET_MSRS: the values of the MSRs `indices` (at most 255), in order. KVM
+   * reads them in order and stops at the first it cannot; that is an
+   * {@link MsrError} saying which, with the values read before it.
+   *
+   * @example
+   * const [cs] = vcpu.getMsrs([Msr.SysenterCs]);   // { index: 0x174, data: 0n }
+   */
+  getMsrs(indices: readonly number[]): MsrEntry[] {
+    const op = 'vcpu.getMsrs';
+    const list = checkMsrIndices(op, indices);
+    const fd = this.#idle(op);
+    const data = new BigUint64Array(list.length);
+    let n: number;
+    try {
+      n = native.getMsrs(fd, list, data);
+    } catch (e) {
+      throw explain(e, `${op}(${list.length} MSRs)`, { E2BIG: 'too many MSRs in one call' });
+    }
+    const entries = msrEntries(list, data, n);
+    if (n < list.length) throw new MsrError(op, 'read', list.length, entries, list[n]!);
+    return entries;
+  }
+
+  /**
+   * KVM_SET_MSRS: writes the MSRs (at most 255), in order, and returns how many the
+   * kernel wrote (all of them). KVM stops at the first it refuses: that is an
+   * {@link MsrError} naming the MSR, with `applied` counting the ones written before
+   * it (those stay written).
+   *
+   * @example
+   * vcpu.setMsrs([{ index: Msr.SysenterCs, data: 0x10n }]);   // 1
+   */
+  setMsrs(entries: ReadonlyArray<{ index: number; data: number | bigint }>): number {
+    const op = 'vcpu.setMsrs';
+    const [indices, data] = checkMsrEntries(op, entries);
+    const fd = this.#mutating(op);
+    let n: number;
+    try {
+      n = native.setMsrs(fd, indices, data);
+    } catch (e) {
+      throw explain(e, `${op}(${indices.length} MSRs)`, { E2BIG: 'too many MSRs in one call' });
+    }
+    if (n < indices.length) throw new MsrError(op, 'write', indices.length, msrEntries(indices, data, n), indices[n]!);
+    return n;
+  }
+
+  /**
+   * KVM_GET_LAPIC: this vCPU's local APIC registers (needs the in-kernel irqchip).
+   *
+   * @example
+   * const lapic = vcpu.getLapic();
+   * lapic.id; lapic.lvt('lint0'); lapic.bytes;
+   */
+  getLapic(): LapicState {
+    const op = 'vcpu.getLapic';
+    const fd = this.#idle(op);
+    this.vm.requireIrqchip(op, 'local APICs are part of the in-kernel irqchip');
+    const state = new LapicState();
+    try {
+      native.getLapic(fd, state.bytes);
+    } catch (e) {
+      throw explain(e, op, { EINVAL: 'the vCPU has no in-kernel local APIC', ENXIO: 'the vCPU has no in-kernel local APIC' });
+    }
+    return state;
+  }
+
+  /**
+   * KVM_SET_LAPIC: replaces this vCPU's local APIC registers (a {@link LapicState},
+   * or its 1024 raw bytes). Needs the in-kernel irqchip.
+   *
+   * @example
+   * const lapic = vcpu.getLapic();
+   * lapic.setLvt('lint0', { masked: true });
+   * vcpu.setLapic(lapic);
+   */
+  setLapic(state: LapicState | Uint8Array): void {
+    const op = 'vcpu.setLapic';
+    let bytes: Uint8Array;
+    if (state instanceof LapicState) bytes = state.bytes;
+    else if (state instanceof Uint8Array) {
+      if (state.length !== LAPIC_STATE_SIZE)
+        throw new ArgumentRangeError('ERR_INVALID_ARG_VALUE', `${op}: state must be ${LAPIC_STATE_SIZE} bytes (struct kvm_lapic_state), got ${state.length}`);
+      bytes = state;
+    } else throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: state must be a LapicState or a Uint8Array of ${LAPIC_STATE_SIZE} bytes`);
+    const fd = this.#mutating(op);
+    this.vm.requireIrqchip(op, 'local APICs are part of the in-kernel irqchip');
+    try {
+      native.setLapic(fd, bytes);
+    } catch (e) {
+      throw explain(e, op, { EINVAL: 'the kernel refused the register page (an APIC ID or mode it does not accept)' });
+    }
+  }
+
+  /**
+   * KVM_GET_MP_STATE: what the vCPU is doing, by name (`'runnable'`, `'halted'`,
+   * `'uninitialized'` for an application processor awaiting INIT, ...).
+   *
+   * @example
+   * vcpu.getMpState();   // 'runnable'
+   */
+  getMpState(): MpStateName {
+    const op = 'vcpu.getMpState';
+    const fd = this.#idle(op);
+    this.vm.requireCap(Cap.MpState, op);
+    let n: number;
+    try {
+      n = native.getMpState(fd);
+    } catch (e) {
+      throw explain(e, op);
+    }
+    const name = MP_STATE_NAMES.find((k) => MpState[k] === n);
+    if (!name) throw new StateError('ERR_UNKNOWN_STATE', `${op}: KVM_GET_MP_STATE reported state ${n}, which this library does not know`);
+    return name;
+  }
+
+  /**
+   * KVM_SET_MP_STATE. x86 takes `'runnable'`, `'uninitialized'`, `'init-received'`,
+   * `'halted'`, `'sipi-received'` and `'ap-reset-hold'`; all but `'runnable'` need the
+   * in-kernel irqchip (its local APIC is what wakes the vCPU).
+   *
+   * @example
+   * vcpu.setMpState('halted');   // the vCPU waits for an interrupt
+   */
+  setMpState(state: MpStateName): void {
+    const op = 'vcpu.setMpState';
+    if (typeof state !== 'string' || !(state in MpState))
+      throw new (typeof state === 'string' ? ArgumentRangeError : ArgumentTypeError)(
+        typeof state === 'string' ? 'ERR_INVALID_ARG_VALUE' : 'ERR_INVALID_ARG_TYPE',
+        `${op}: state must be one of ${X86_MP_STATES.map((n) => `'${n}'`).join(', ')}, got ${String(state)}`,
+      );
+    if (!X86_MP_STATES.includes(state))
+      throw new ArgumentRangeError('ERR_INVALID_ARG_VALUE', `${op}: '${state}' is not an x86 MP state (x86 takes ${X86_MP_STATES.map((n) => `'${n}'`).join(', ')})`);
+    const fd = this.#mutating(op);
+    this.vm.requireCap(Cap.MpState, op);
+    if (state !== 'runnable') this.vm.requireIrqchip(op, `MP state '${state}' is kept by the in-kernel local APIC`);
+    try {
+      native.setMpState(fd, MpState[state]);
+    } catch (e) {
+      throw explain(e, `${op}('${state}')`, { EINVAL: 'the kernel does not allow this state now (an INIT or SMI is pending, or no in-kernel local APIC)' });
+    }
+  }
+
+  /**
+   * KVM_SET_GUEST_DEBUG: single-stepping (a `debug` exit after each instruction,
+   * exception 1 with DR6.BS), software breakpoints (guest `int3` becomes a `debug`
+   * exit, exception 3) and up to four hardware breakpoints (DR0..DR3; a hit is a
+   * `debug` exit, exception 1). `setGuestDebug({})` turns it all off. The control
+   * bits must be ones KVM_CAP_SET_GUEST_DEBUG2 lists, where the kernel reports it.
+   *
+   * @example
+   * vcpu.setGuestDebug({ singleStep: true });
+   * const exit = await vcpu.run();   // { reason: 'debug', exception: 1, pc: ... }
+   * vcpu.setGuestDebug({ hardwareBreakpoints: [{ address: 0x1008n, type: 'exec' }] });
+   */
+  setGuestDebug(options: GuestDebugOptions): void {
+    const op = 'vcpu.setGuestDebug';
+    const { control, debugreg } = encodeGuestDebug(op, options);
+    const fd = this.#idle(op);
+    this.vm.requireCap(Cap.SetGuestDebug, op);
+    const valid = this.vm.cap(Cap.SetGuestDebug2);
+    if (valid > 0 && (control & ~valid) !== 0)
+      throw new UnsupportedError(capName(Cap.SetGuestDebug2), valid, `${op} with control bits ${hex(control)}`);
+    try {
+      native.setGuestDebug(fd, control, debugreg);
+    } catch (e) {
+      throw explain(e, op, {
+        EINVAL: 'the kernel does not accept these control bits or debug registers',
+        EBUSY: 'an exception is pending in the vCPU',
       });
     }
   }

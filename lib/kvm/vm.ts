@@ -51,7 +51,18 @@ import {
   type MemoryFault,
 } from '../events/conversion';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../memory/memory-file';
-import { bool, hex, options as readOptions, pageLength, u64, uint } from '../core/validate';
+import { bool, hex, options as readOptions, pageLength, PAGE_SIZE, u64, uint } from '../core/validate';
+import type { EventFd } from './eventfd';
+import {
+  checkIoeventfd,
+  checkIrqfd,
+  EventFdBindings,
+  IRQCHIP_GSI_COUNT,
+  type IoeventfdBinding,
+  type IoeventfdOptions,
+  type IrqfdBinding,
+  type IrqfdOptions,
+} from './eventfd-bindings';
 
 
 /** madvise(2) advice that frees private anonymous pages. */
@@ -61,6 +72,28 @@ const FLAG_MMAP = Number(GuestMemfdFlag.Mmap);
 const FLAG_INIT_SHARED = Number(GuestMemfdFlag.InitShared);
 /** The four combinations of the named flags, as the bigints files report. */
 const FLAG_BIGINTS = [0n, 1n, 2n, 3n];
+const KVM_PIT_SPEAKER_DUMMY = 1;
+const KVM_IRQFD_FLAG_DEASSIGN = 1;
+const KVM_IRQFD_FLAG_RESAMPLE = 2;
+const KVM_IOEVENTFD_FLAG_DATAMATCH = 1;
+const KVM_IOEVENTFD_FLAG_PIO = 2;
+const KVM_IOEVENTFD_FLAG_DEASSIGN = 4;
+/** KVM_SET_TSS_ADDR takes three pages, which must end within the first 4 GiB. */
+const TSS_PAGES = 3n;
+const FOUR_GIB = 1n << 32n;
+
+/** Options of `vm.createPit`. */
+export interface CreatePitOptions {
+  /** KVM_PIT_SPEAKER_DUMMY: KVM also emulates port 0x61 (the PC speaker's gate), as QEMU asks. Default false. */
+  speakerDummy?: boolean;
+}
+
+/** A guest-physical range KVM takes for itself (the TSS or identity map pages). */
+interface ReservedRange {
+  readonly what: string;
+  readonly guestPhysAddr: bigint;
+  readonly size: bigint;
+}
 /**
  * A VM (KVM_CREATE_VM). Closing it closes everything it created (vCPUs, memory
  * slots, guest_memfd files, detaching their views), so `using vm = ...` cleans up a
@@ -90,6 +123,13 @@ export class Vm {
   /** Ids of vCPUs closed here: the kernel keeps a VM's vCPUs until the VM goes. */
   readonly #retiredVcpus = new Set<number>();
   #physBits: number | undefined | null = null;
+  /** vCPUs ever created: KVM keeps closed ones until the VM goes, and orders count them. */
+  #vcpusCreated = 0;
+  #irqchip = false;
+  #pit = false;
+  #tss: ReservedRange | undefined;
+  #identityMap: ReservedRange | undefined;
+  readonly #eventfds = new EventFdBindings(this);
 
   /** @internal */
   static create(kvm: Kvm, fd: number, type: VmTypeName): Vm {
@@ -543,7 +583,8 @@ export class Vm {
   /**
    * Closes everything this VM created, then the VM fd. Idempotent. Every part is
    * attempted even if one fails; failures come back together as an AggregateError
-   * (code ERR_CLOSE_INCOMPLETE) after the VM fd is closed.
+   * (code ERR_CLOSE_INCOMPLETE) after the VM fd is closed. Its irqfds and
+   * ioeventfds go with it (the eventfds stay open, no longer in use).
    */
   close(): void {
     if (this.#fd < 0) return;
@@ -561,11 +602,280 @@ export class Vm {
     closed(this.#fdCell);
     native.close(this.#fd);
     this.#fd = -1;
+    // The kernel released every irqfd and ioeventfd with the VM.
+    attempt(() => this.#eventfds.clear());
     this.kvm.forgetVm(this);
     if (errors.length)
       throw Object.assign(new AggregateError(errors, `vm.close: the VM is closed, but ${errors.length} of its parts failed to close`), {
         code: 'ERR_CLOSE_INCOMPLETE',
       });
+  }
+
+  // --- interrupt controllers, timers and KVM's private pages ---------------------------
+
+  /** True once `createIrqchip()` succeeded: the PIC, IOAPIC and local APICs are in the kernel. */
+  get hasIrqchip(): boolean {
+    return this.#irqchip;
+  }
+
+  /** True once `createPit()` succeeded. */
+  get hasPit(): boolean {
+    return this.#pit;
+  }
+
+  /** The address given to `setTssAddr`, if any. */
+  get tssAddr(): bigint | undefined {
+    return this.#tss?.guestPhysAddr;
+  }
+
+  /** The address given to `setIdentityMapAddr`, if any. */
+  get identityMapAddr(): bigint | undefined {
+    return this.#identityMap?.guestPhysAddr;
+  }
+
+  /** Throws ERR_NO_IRQCHIP unless `createIrqchip()` ran. @internal */
+  requireIrqchip(op: string, why: string): void {
+    if (!this.#irqchip)
+      throw new StateError('ERR_NO_IRQCHIP', `${op}: ${why}; call vm.createIrqchip() first (before creating vCPUs)`);
+  }
+
+  /**
+   * KVM_CREATE_IRQCHIP: an in-kernel 8259 PIC pair, IOAPIC and a local APIC per vCPU.
+   * The guest's accesses to them no longer exit, interrupts are raised with
+   * `irqLine` or an irqfd, and a guest `hlt` waits in the kernel for an interrupt
+   * instead of exiting. KVM creates each vCPU's local APIC with the vCPU, so this must
+   * come before the first `createVcpu` (even one since closed: KVM keeps it).
+   *
+   * @example
+   * using vm = kvm.createVm();
+   * vm.createIrqchip();
+   * const vcpu = vm.createVcpu(0);
+   */
+  createIrqchip(): void {
+    const op = 'vm.createIrqchip';
+    const fd = this.checkOpen(op);
+    this.requireCap(Cap.Irqchip, 'an in-kernel irqchip (KVM_CREATE_IRQCHIP)');
+    if (this.#irqchip) throw new StateError('ERR_EXISTS', `${op}: this VM already has an in-kernel irqchip`);
+    if (this.#vcpusCreated > 0)
+      throw new StateError(
+        'ERR_VCPUS_EXIST',
+        `${op}: ${this.#vcpusCreated} vCPU(s) were already created; KVM gives each vCPU its local APIC when it is created, so the irqchip must come first`,
+      );
+    try {
+      native.createIrqchip(fd);
+    } catch (e) {
+      throw explain(e, op, { EEXIST: 'the VM already has an irqchip (made outside this library?)', EINVAL: 'vCPUs exist already' });
+    }
+    this.#irqchip = true;
+  }
+
+  /**
+   * KVM_CREATE_PIT2: an in-kernel 8254 timer on ports 0x40..0x43, wired to IRQ 0.
+   * Needs the in-kernel irqchip first (its PIC receives the timer's interrupt); one
+   * per VM.
+   *
+   * @example
+   * vm.createIrqchip();
+   * vm.createPit({ speakerDummy: true });
+   */
+  createPit(options?: CreatePitOptions): void {
+    const op = 'vm.createPit';
+    const fd = this.checkOpen(op);
+    const o = readOptions<CreatePitOptions>(options, op);
+    const flags = bool(o.speakerDummy, false, op, 'options.speakerDummy') ? KVM_PIT_SPEAKER_DUMMY : 0;
+    this.requireCap(Cap.Pit2, 'an in-kernel PIT (KVM_CREATE_PIT2)');
+    this.requireIrqchip(op, 'the PIT delivers its interrupt through the in-kernel PIC');
+    if (this.#pit) throw new StateError('ERR_EXISTS', `${op}: this VM already has an in-kernel PIT`);
+    try {
+      native.createPit2(fd, flags);
+    } catch (e) {
+      throw explain(e, op, { EEXIST: 'the VM already has a PIT (made outside this library?)', ENOENT: 'the VM has no in-kernel PIC' });
+    }
+    this.#pit = true;
+  }
+
+  /**
+   * KVM_IRQ_LINE (KVM_IRQ_LINE_STATUS where KVM_CAP_IRQ_INJECT_STATUS is offered):
+   * sets the level of interrupt line `irq` (a GSI, 0..23: PIC inputs 0..15, IOAPIC
+   * pins 0..23) of the in-kernel irqchip. An edge-triggered interrupt is a raise then
+   * a lower. Returns the kernel's status where it reports one: above 0 delivered (to
+   * that many CPUs), 0 coalesced with one still pending, below 0 masked or ignored.
+   *
+   * @example
+   * vm.irqLine(5, true);
+   * vm.irqLine(5, false);
+   */
+  irqLine(irq: number, level: boolean | 0 | 1): number | undefined {
+    const op = 'vm.irqLine';
+    const fd = this.checkOpen(op);
+    const gsi = uint(irq, op, 'irq', 0xffffffff);
+    if (gsi >= IRQCHIP_GSI_COUNT)
+      throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: irq ${gsi} has no route: the in-kernel irqchip's default routing covers GSIs 0..${IRQCHIP_GSI_COUNT - 1}`);
+    if (level !== true && level !== false && level !== 0 && level !== 1)
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: level must be a boolean (or 0 or 1), got ${String(level)}`);
+    this.requireIrqchip(op, 'interrupt lines belong to the in-kernel irqchip');
+    try {
+      return native.irqLine(fd, gsi, level ? 1 : 0, this.cap(Cap.IrqInjectStatus) > 0);
+    } catch (e) {
+      throw explain(e, `${op}(${gsi}, ${level ? 1 : 0})`, { ENXIO: 'the VM has no in-kernel irqchip' });
+    }
+  }
+
+  #reservedCheck(op: string, what: string, gpa: bigint, size: bigint, other: ReservedRange | undefined): void {
+    const slot = this.slotTable.overlapping(0, gpa, size)[0];
+    if (slot)
+      throw new StateError(
+        'ERR_SLOT_OVERLAP',
+        `${op}: the ${what} ${hex(gpa)}..${hex(gpa + size)} overlaps slot ${slot.id} (GPA ${hex(slot.guestPhysAddr)}..${hex(slot.guestPhysAddr + slot.size)}); KVM needs pages no slot covers`,
+      );
+    if (other && gpa < other.guestPhysAddr + other.size && other.guestPhysAddr < gpa + size)
+      throw new StateError('ERR_SLOT_OVERLAP', `${op}: the ${what} ${hex(gpa)}..${hex(gpa + size)} overlaps the ${other.what} ${hex(other.guestPhysAddr)}..${hex(other.guestPhysAddr + other.size)}`);
+  }
+
+  /**
+   * KVM_SET_TSS_ADDR: three pages of guest-physical space below 4 GiB, outside every
+   * memory slot, that KVM uses for real-mode emulation on Intel hosts without
+   * unrestricted guest support (elsewhere KVM accepts and ignores it). Set once;
+   * slots added later must avoid the range.
+   *
+   * @example
+   * vm.setTssAddr(0xfffbd000);
+   */
+  setTssAddr(addr: number | bigint): void {
+    const op = 'vm.setTssAddr';
+    const fd = this.checkOpen(op);
+    const a = u64(addr, op, 'addr');
+    const size = TSS_PAGES * BigInt(PAGE_SIZE);
+    if (a % BigInt(PAGE_SIZE) !== 0n) throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: addr ${hex(a)} is not page-aligned (${PAGE_SIZE})`);
+    if (a + size > FOUR_GIB)
+      throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: addr ${hex(a)}: the three TSS pages must end within the first 4 GiB (addr at most ${hex(FOUR_GIB - size)})`);
+    this.requireCap(Cap.SetTssAddr, op);
+    if (this.#tss) throw new StateError('ERR_EXISTS', `${op}: the TSS address is already set (${hex(this.#tss.guestPhysAddr)}); KVM takes it once`);
+    this.#reservedCheck(op, 'TSS range', a, size, this.#identityMap);
+    try {
+      native.setTssAddr(fd, a);
+    } catch (e) {
+      throw explain(e, `${op}(${hex(a)})`, { EINVAL: 'the three pages must lie below 4 GiB', EEXIST: 'the range is taken (a slot, or a TSS set before)' });
+    }
+    this.#tss = { what: 'TSS range', guestPhysAddr: a, size };
+  }
+
+  /**
+   * KVM_SET_IDENTITY_MAP_ADDR: the guest-physical page (below 4 GiB, outside every
+   * memory slot) where KVM keeps the identity page table it needs on Intel hosts
+   * without unrestricted guest support. KVM refuses it once a vCPU exists.
+   *
+   * @example
+   * vm.setIdentityMapAddr(0xfffbc000);
+   */
+  setIdentityMapAddr(addr: number | bigint): void {
+    const op = 'vm.setIdentityMapAddr';
+    const fd = this.checkOpen(op);
+    const a = u64(addr, op, 'addr');
+    const size = BigInt(PAGE_SIZE);
+    if (a % size !== 0n) throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: addr ${hex(a)} is not page-aligned (${PAGE_SIZE})`);
+    if (a + size > FOUR_GIB) throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: addr ${hex(a)}: the page must lie within the first 4 GiB`);
+    this.requireCap(Cap.SetIdentityMapAddr, op);
+    if (this.#vcpusCreated > 0)
+      throw new StateError('ERR_VCPUS_EXIST', `${op}: ${this.#vcpusCreated} vCPU(s) were already created; KVM takes the identity map address only before the first`);
+    this.#reservedCheck(op, 'identity map page', a, size, this.#tss);
+    try {
+      native.setIdentityMapAddr(fd, a);
+    } catch (e) {
+      throw explain(e, `${op}(${hex(a)})`, { EINVAL: 'vCPUs exist already', EEXIST: 'the page is taken' });
+    }
+    this.#identityMap = { what: 'identity map page', guestPhysAddr: a, size };
+  }
+
+  /** The TSS or identity-map range `[gpa, gpa+size)` overlaps, if any (address space 0). @internal */
+  reservedOverlap(gpa: bigint, size: bigint): string | undefined {
+    for (const r of [this.#tss, this.#identityMap])
+      if (r && gpa < r.guestPhysAddr + r.size && r.guestPhysAddr < gpa + size)
+        return `the ${r.what} ${hex(r.guestPhysAddr)}..${hex(r.guestPhysAddr + r.size)} (${r === this.#tss ? 'vm.setTssAddr' : 'vm.setIdentityMapAddr'})`;
+    return undefined;
+  }
+
+  // --- eventfd bindings ------------------------------------------------------------------
+
+  /** The irqfds bound to this VM. */
+  get irqfds(): readonly IrqfdBinding[] {
+    return this.#eventfds.irqfds;
+  }
+
+  /** The ioeventfds bound to this VM. */
+  get ioeventfds(): readonly IoeventfdBinding[] {
+    return this.#eventfds.ioeventfds;
+  }
+
+  /**
+   * KVM_IRQFD: writing `eventfd` raises `gsi` of the in-kernel irqchip (an edge: the
+   * line is raised and lowered), without a syscall into this process. With
+   * `{ resample }` it is level-triggered instead (see {@link IrqfdOptions.resample}).
+   * `{ deassign: true }` removes the binding. Needs the in-kernel irqchip; one GSI per
+   * eventfd per VM. While bound, the eventfd (and a resample eventfd) cannot be
+   * closed; closing the VM drops the binding.
+   *
+   * @example
+   * using irq = EventFd.create();
+   * vm.irqfd(irq, 5);
+   * irq.write();                       // the guest takes IRQ 5
+   * vm.irqfd(irq, 5, { deassign: true });
+   */
+  irqfd(eventfd: EventFd, gsi: number, options?: IrqfdOptions): void {
+    const op = 'vm.irqfd';
+    const fd = this.checkOpen(op);
+    const r = checkIrqfd(op, eventfd, gsi, options);
+    this.requireCap(Cap.Irqfd, 'irqfds (KVM_IRQFD)');
+    if (r.resample) this.requireCap(Cap.IrqfdResample, 'a level-triggered irqfd (KVM_IRQFD_FLAG_RESAMPLE)');
+    this.requireIrqchip(op, 'an irqfd raises a line of the in-kernel irqchip');
+    this.#eventfds.checkIrqfd(op, r);
+    const flags = (r.deassign ? KVM_IRQFD_FLAG_DEASSIGN : 0) | (r.resample ? KVM_IRQFD_FLAG_RESAMPLE : 0);
+    try {
+      native.irqfd(fd, r.eventfd.fd, r.gsi, flags, r.resample ? r.resample.fd : 0);
+    } catch (e) {
+      throw explain(e, `${op}(eventfd ${r.eventfd.fd}, GSI ${r.gsi}${r.deassign ? ', deassign' : ''})`, {
+        EBUSY: 'the eventfd is already an irqfd of this VM',
+        EINVAL: 'the VM has no in-kernel irqchip, or the flags are not supported',
+      });
+    }
+    if (r.deassign) this.#eventfds.removeIrqfd(r.eventfd);
+    else this.#eventfds.addIrqfd(r);
+  }
+
+  /**
+   * KVM_IOEVENTFD: a guest write to `addr` (an MMIO GPA, or a port with `pio: true`)
+   * of width `len` (and value `datamatch`, if given) signals `eventfd` inside KVM
+   * instead of exiting to userspace, so the vCPU keeps running. An MMIO address must
+   * not be backed by a memory slot (guest writes would just go to memory).
+   * `{ deassign: true }` with the same fields removes it. Bindings that the kernel
+   * would refuse as overlapping (EEXIST) are refused first, naming the other one.
+   *
+   * @example
+   * using doorbell = EventFd.create();
+   * vm.ioeventfd({ addr: 0x50, len: 1, pio: true, eventfd: doorbell });
+   * await doorbell.wait();             // the guest wrote port 0x50
+   */
+  ioeventfd(options: IoeventfdOptions): void {
+    const op = 'vm.ioeventfd';
+    const fd = this.checkOpen(op);
+    const r = checkIoeventfd(op, options);
+    this.requireCap(Cap.Ioeventfd, 'ioeventfds (KVM_IOEVENTFD)');
+    if (r.len === 0 && !r.deassign) this.requireCap(Cap.IoeventfdNoLength, 'an ioeventfd of any width (len 0)');
+    this.#eventfds.checkIoeventfd(op, r);
+    const flags =
+      (r.datamatch !== undefined ? KVM_IOEVENTFD_FLAG_DATAMATCH : 0) | (r.pio ? KVM_IOEVENTFD_FLAG_PIO : 0) | (r.deassign ? KVM_IOEVENTFD_FLAG_DEASSIGN : 0);
+    try {
+      native.ioeventfd(fd, r.datamatch ?? 0n, r.addr, r.len, r.eventfd.fd, flags);
+    } catch (e) {
+      throw explain(e, `${op}(${r.pio ? 'PIO' : 'MMIO'} ${hex(r.addr)}, len ${r.len}${r.deassign ? ', deassign' : ''})`, {
+        EEXIST: 'an ioeventfd at this address already matches such writes',
+        ENOENT: 'no such ioeventfd to deassign',
+        ENOSPC: 'the VM has no room for more I/O devices on this bus',
+        EINVAL: 'the length, flags or address are not accepted',
+      });
+    }
+    if (r.deassign) this.#eventfds.removeIoeventfd(r);
+    else this.#eventfds.addIoeventfd(r);
   }
 
   /**
@@ -599,6 +909,7 @@ export class Vm {
         EINVAL: 'id out of range',
       });
     }
+    this.#vcpusCreated++;
     const vcpu = Vcpu.create(this, n, vcpuFd, this.kvm.vcpuMmapSize());
     this.#vcpus.set(n, vcpu);
     if (cpuid) {

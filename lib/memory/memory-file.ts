@@ -222,6 +222,11 @@ export abstract class MemoryFile {
   /** `'guest_memfd'` or `'memfd'`, for messages. @internal */
   protected abstract get kind(): string;
 
+  /** The same as `kind`, for the views of this file. @internal */
+  get fileKind(): string {
+    return this.kind;
+  }
+
   /**
    * Allocates backing memory for `[offset, offset+length)` (fallocate). The range must
    * lie inside the file and be aligned to {@link MemoryFile.granule}.

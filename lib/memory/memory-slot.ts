@@ -375,6 +375,8 @@ export function planSlot(vm: Vm, options: MemorySlotOptions, op = 'vm.addMemoryS
       'ERR_SLOT_OVERLAP',
       `GPA range ${range(gpa, size)} overlaps slot ${overlap.id} (GPA ${range(overlap.guestPhysAddr, overlap.size)})`,
     );
+  const reserved = addressSpace === 0 ? vm.reservedOverlap(gpa, size) : undefined;
+  if (reserved) throw slotError('ERR_SLOT_OVERLAP', `GPA range ${range(gpa, size)} overlaps ${reserved}, which KVM keeps for itself`);
 
   let userspace = o.userspace;
   if (userspace === undefined)
@@ -656,6 +658,8 @@ export async function moveSlot(vm: Vm, slot: MemorySlot, newGpa: number | bigint
       'ERR_SLOT_OVERLAP',
       `${op}: GPA range ${range(gpa, slot.size)} overlaps slot ${clash.id} (GPA ${range(clash.guestPhysAddr, clash.size)})`,
     );
+  const reserved = slot.addressSpace === 0 ? vm.reservedOverlap(gpa, slot.size) : undefined;
+  if (reserved) throw new StateError('ERR_SLOT_OVERLAP', `${op}: GPA range ${range(gpa, slot.size)} overlaps ${reserved}, which KVM keeps for itself`);
   await populate(
     slotDeliveries(vm, { id: slot.id, guestPhysAddr: gpa, size: slot.size, userspace: slot.userspace, guestMemfd: slot.guestMemfd }, 'slot-added'),
   );

@@ -1,10 +1,28 @@
 /**
  * Zero-copy views over shared mappings of guest memory files.
  */
-import { StateError } from '../core/errors';
+import { ArgumentRangeError, explain, StateError, UnsupportedError } from '../core/errors';
+import { fileNumber, hex, PAGE_SIZE } from '../core/validate';
 import { native, type NativeMapping } from '../native';
+import { checkPolicy, maskNodes, MemoryPolicyMode, modeName, nodeMask, type MemoryPolicy, type MemoryPolicyModeName } from './numa';
 
 const EMPTY = Buffer.alloc(0);
+
+/** What a view set knows of the file it maps. @internal */
+export interface ViewFile {
+  readonly fd: number;
+  readonly description: string;
+  /** `'guest_memfd'` or `'memfd'`. */
+  readonly fileKind: string;
+}
+
+/** A policy as `view.getMemoryPolicy` reports it. */
+export interface MemoryPolicyInfo {
+  /** The mode, or `'mode N'` for one this library does not name (e.g. MPOL_LOCAL). */
+  readonly mode: MemoryPolicyModeName | `mode ${number}`;
+  /** The nodes of the policy's mask (empty for `'default'`). */
+  readonly nodes: number[];
+}
 
 interface ViewEntry {
   readonly arrayBuffer: WeakRef<ArrayBuffer>;
@@ -35,7 +53,7 @@ export class ViewSet {
    */
   constructor(
     readonly description: string,
-    readonly file: object | null = null,
+    readonly file: ViewFile | null = null,
   ) {}
 
   /** Wraps a fresh native mapping into a view this set owns. */
@@ -206,6 +224,120 @@ export class MemoryView {
     this.#buffer = EMPTY;
   }
 
+  #live(op: string): void {
+    if (!this.#mapped) throw new StateError('ERR_CLOSED', `${op}: this view of ${this.#set.description} is unmapped`);
+  }
+
+  /**
+   * mbind(2) on the view's range: where the kernel places the pages allocated from
+   * now on (pages already there stay put). For a file (memfd, guest_memfd) the policy
+   * must belong to the file's range, so that every mapping of it, and the guest's
+   * accesses through KVM, follow it: after mbind a fresh mapping of the file is asked
+   * for the policy (get_mempolicy), and where the kernel kept it in this mapping only
+   * (guest_memfd before Linux 6.19, which has no set_policy) the change is undone and
+   * an {@link UnsupportedError} says so. A policy on anonymous slot memory belongs to
+   * the slot's mapping, which is the one the guest faults through.
+   *
+   * @example
+   * view.setMemoryPolicy({ mode: 'bind', nodes: [1] });
+   * view.buffer.fill(0);          // the pages are allocated on node 1
+   * view.pageNodes();             // [1, 1, 1, ...]
+   */
+  setMemoryPolicy(policy: MemoryPolicy): void {
+    const op = 'view.setMemoryPolicy';
+    const p = checkPolicy(op, policy);
+    this.#live(op);
+    const file = this.#set.file;
+    const what = file ? file.description : this.#set.description;
+    try {
+      native.mbind(this.address, this.length, p.number, p.mask, 0);
+    } catch (e) {
+      const err = explain(e, `${op}({ mode: '${p.mode}', nodes: [${p.nodes.join(', ')}] }) on ${what}`, {
+        ENOSYS: 'this kernel has no NUMA memory policies (CONFIG_NUMA)',
+        EINVAL: 'the kernel refused the policy for this mapping',
+        EPERM: 'moving pages needs CAP_SYS_NICE',
+      });
+      if (file?.fileKind === 'guest_memfd' && (e as { code?: string }).code && ['EINVAL', 'EOPNOTSUPP', 'ENODEV'].includes((e as { code: string }).code))
+        throw unsupportedPolicy(op, file, `mbind on its mapping failed with ${(e as { code: string }).code}`, err);
+      throw err;
+    }
+    if (!file || p.mode === 'default') return;
+    const seen = nodeMask();
+    let got: number;
+    try {
+      got = native.filePolicy(file.fd, this.offset, seen);
+    } catch (e) {
+      this.#undoPolicy();
+      throw explain(e, `${op}: reading the policy back from ${what}`);
+    }
+    if (got !== p.number || maskNodes(seen).join() !== p.nodes.join()) {
+      this.#undoPolicy();
+      throw unsupportedPolicy(op, file, `mbind succeeded, but a fresh mapping of the file reports ${modeName(got)} [${maskNodes(seen).join(', ')}]: the kernel kept the policy in this mapping only, and allocations for the guest ignore it`);
+    }
+  }
+
+  #undoPolicy(): void {
+    try {
+      native.mbind(this.address, this.length, MemoryPolicyMode.default, nodeMask(), 0);
+    } catch {
+      // best effort: the error being reported is the one that matters
+    }
+  }
+
+  /**
+   * get_mempolicy(2) with MPOL_F_ADDR: the policy that governs the page at `offset`
+   * of the view (for a file with policies of its own, the file's).
+   *
+   * @example
+   * view.getMemoryPolicy();   // { mode: 'bind', nodes: [0] }
+   */
+  getMemoryPolicy(offset: number | bigint = 0): MemoryPolicyInfo {
+    const op = 'view.getMemoryPolicy';
+    const o = fileNumber(offset, op, 'offset');
+    if (o >= this.length) throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: offset ${hex(o)} is past the view's ${hex(this.length)} bytes`);
+    this.#live(op);
+    const mask = nodeMask();
+    let mode: number;
+    try {
+      mode = native.addressPolicy(this.address + BigInt(o), mask);
+    } catch (e) {
+      throw explain(e, op, { ENOSYS: 'this kernel has no NUMA memory policies (CONFIG_NUMA)' });
+    }
+    return { mode: modeName(mode), nodes: maskNodes(mask) };
+  }
+
+  /**
+   * The NUMA node of each page of `[offset, offset+length)` of the view (default:
+   * all of it), from move_pages(2) with no target nodes, which moves nothing. `null`
+   * for a page not mapped in this view: never touched through it, or discarded since.
+   * Pages the guest touched through another mapping show up here once this view
+   * touches them too.
+   *
+   * @example
+   * view.buffer.fill(1);
+   * view.pageNodes(0, 8192);   // [0, 0]
+   */
+  pageNodes(offset: number | bigint = 0, length?: number | bigint): Array<number | null> {
+    const op = 'view.pageNodes';
+    const o = fileNumber(offset, op, 'offset');
+    const n = length === undefined ? this.length - o : fileNumber(length, op, 'length');
+    if (o % PAGE_SIZE !== 0) throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: offset ${hex(o)} is not page-aligned (${PAGE_SIZE})`);
+    if (n % PAGE_SIZE !== 0) throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: length ${hex(n)} is not page-aligned (${PAGE_SIZE})`);
+    if (n <= 0) throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: length must be greater than 0`);
+    if (o + n > this.length)
+      throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: range ${hex(o)}..${hex(o + n)} ends past the view's ${hex(this.length)} bytes`);
+    this.#live(op);
+    const pages = n / PAGE_SIZE;
+    const status = new Int32Array(pages);
+    try {
+      native.pageNodes(this.address + BigInt(o), pages, status);
+    } catch (e) {
+      throw explain(e, op, { ENOSYS: 'this kernel has no NUMA page migration (CONFIG_MIGRATION)' });
+    }
+    // Negative: -ENOENT (no page there yet) or another errno for the page.
+    return Array.from(status, (s) => (s >= 0 ? s : null));
+  }
+
   /** True for a mapping a memory slot made for itself (released with the slot). */
   get slotOwned(): boolean {
     return this.#slotOwned;
@@ -230,4 +362,11 @@ export class MemoryView {
   [Symbol.dispose](): void {
     this.unmap();
   }
+}
+
+function unsupportedPolicy(op: string, file: ViewFile, why: string, cause?: unknown): UnsupportedError {
+  const err = new UnsupportedError(`a NUMA memory policy on ${file.fileKind} (set_policy)`, 0, op);
+  err.message = `${op}: this kernel cannot give ${file.description} a NUMA memory policy: ${why}${file.fileKind === 'guest_memfd' ? ' (guest_memfd takes one from Linux 6.19)' : ''}`;
+  if (cause !== undefined) (err as { cause?: unknown }).cause = cause;
+  return err;
 }

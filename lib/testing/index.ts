@@ -45,6 +45,24 @@ export interface VmRequirements {
    * capability but never exit).
    */
   readonly hypercallExit?: boolean;
+  /** KVM_CAP_IRQCHIP: `vm.createIrqchip()` (in-kernel PIC, IOAPIC and local APICs). */
+  readonly irqchip?: boolean;
+  /** KVM_CAP_IRQFD: `vm.irqfd`. */
+  readonly irqfd?: boolean;
+  /** KVM_CAP_IOEVENTFD: `vm.ioeventfd`. */
+  readonly ioeventfd?: boolean;
+  /** KVM_CAP_SET_GUEST_DEBUG: `vcpu.setGuestDebug` (single-stepping). */
+  readonly guestDebug?: boolean;
+  /**
+   * A hardware execution breakpoint (`setGuestDebug({ hardwareBreakpoints })`) ends
+   * KVM_RUN with a `debug` exit. Found by running one (emulated CPUs may lack it).
+   */
+  readonly hardwareBreakpoints?: boolean;
+  /**
+   * A guest `int3` with `setGuestDebug({ softwareBreakpoints: true })` ends KVM_RUN
+   * with a `debug` exit. Found by running one.
+   */
+  readonly softwareBreakpoints?: boolean;
   /** Raw capabilities: each must report at least the given value on the VM fd. */
   readonly capabilities?: Readonly<Record<number, number>>;
 }
@@ -99,6 +117,10 @@ function lacking(vm: Vm, needs: VmRequirements): string[] {
   if (needs.preFault && check(Cap.PreFaultMemory) <= 0) out.push('KVM_CAP_PRE_FAULT_MEMORY=0');
   if (needs.readonlyMemory && check(Cap.ReadonlyMem) <= 0) out.push('KVM_CAP_READONLY_MEM=0');
   if (needs.userMemory2 && check(Cap.UserMemory2) <= 0) out.push('KVM_CAP_USER_MEMORY2=0');
+  if (needs.irqchip && check(Cap.Irqchip) <= 0) out.push('KVM_CAP_IRQCHIP=0');
+  if (needs.irqfd && check(Cap.Irqfd) <= 0) out.push('KVM_CAP_IRQFD=0');
+  if (needs.ioeventfd && check(Cap.Ioeventfd) <= 0) out.push('KVM_CAP_IOEVENTFD=0');
+  if ((needs.guestDebug || needs.hardwareBreakpoints || needs.softwareBreakpoints) && check(Cap.SetGuestDebug) <= 0) out.push('KVM_CAP_SET_GUEST_DEBUG=0');
   for (const [cap, min] of Object.entries(needs.capabilities ?? {})) {
     const value = check(Number(cap));
     if (value < min) out.push(`capability ${cap} reports ${value} (< ${min})`);
@@ -107,7 +129,40 @@ function lacking(vm: Vm, needs: VmRequirements): string[] {
     const why = hypercallExitMissing(vm);
     if (why) out.push(why);
   }
+  if (out.length === 0 && needs.hardwareBreakpoints) {
+    const why = breakpointMissing(vm, 'hardware');
+    if (why) out.push(why);
+  }
+  if (out.length === 0 && needs.softwareBreakpoints) {
+    const why = breakpointMissing(vm, 'software');
+    if (why) out.push(why);
+  }
   return out;
+}
+
+/**
+ * Runs a real-mode guest (`nop; int3; nop; hlt` at 0x1000) under a hardware
+ * execution breakpoint on its second byte, or with software breakpoints on, and
+ * says why KVM_RUN did not end with the `debug` exit at 0x1001, if it did not.
+ */
+function breakpointMissing(vm: Vm, kind: 'hardware' | 'software'): string | undefined {
+  using probeVm = vm.kvm.createVm({ type: vm.type });
+  probeVm.addMemorySlot({ guestPhysAddr: 0, size: 0x10000, userspace: 'anonymous' });
+  probeVm.memory.write(0x1000, Uint8Array.from([0x90, kind === 'software' ? 0xcc : 0x90, 0x90, 0xf4, 0xeb, 0xfd]));
+  const vcpu = probeVm.createVcpu(0);
+  vcpu.setSregs({ cs: { base: 0n, selector: 0 } });
+  vcpu.setRegs({ rip: 0x1000n, rflags: 2n });
+  vcpu.setGuestDebug(kind === 'hardware' ? { hardwareBreakpoints: [{ address: 0x1001n }] } : { softwareBreakpoints: true });
+  let got: string;
+  try {
+    const exit = vcpu.runSync({ timeoutMs: 1000 });
+    if (exit.reason === 'debug' && exit.pc === 0x1001n) return undefined;
+    got = exit.reason === 'debug' ? `a debug exit at ${hex(exit.pc)}` : `'${exit.reason}'`;
+  } catch (e) {
+    if (!(e instanceof TimeoutError)) throw e;
+    got = 'no exit within 1 s';
+  }
+  return `a ${kind} breakpoint does not end KVM_RUN with a debug exit here (KVM_RUN gave ${got})`;
 }
 
 /**
@@ -157,7 +212,7 @@ function checkRequirements(needs: unknown): VmRequirements {
   if (needs === undefined) return {};
   if (needs === null || typeof needs !== 'object' || Array.isArray(needs))
     throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', 'findVmType: needs must be an object of requirements');
-  const known = new Set(['type', 'guestMemfd', 'mmap', 'initShared', 'privateMemory', 'memoryFaultInfo', 'preFault', 'readonlyMemory', 'userMemory2', 'hypercallExit', 'capabilities']);
+  const known = new Set(['type', 'guestMemfd', 'mmap', 'initShared', 'privateMemory', 'memoryFaultInfo', 'preFault', 'readonlyMemory', 'userMemory2', 'hypercallExit', 'irqchip', 'irqfd', 'ioeventfd', 'guestDebug', 'hardwareBreakpoints', 'softwareBreakpoints', 'capabilities']);
   for (const [k, v] of Object.entries(needs)) {
     if (!known.has(k)) throw new ArgumentRangeError('ERR_INVALID_ARG_VALUE', `findVmType: unknown requirement '${k}'`);
     if (k === 'type') {

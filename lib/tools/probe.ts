@@ -5,6 +5,8 @@ import { release } from 'node:os';
 import type { Capabilities } from '../core/caps';
 import { KvmError } from '../core/errors';
 import { Kvm } from '../kvm/kvm';
+import { probeGuestMemfdMapping, type GuestMemfdMappingFeatures } from '../memory/guest-memfd-probe';
+import type { VmTypeName } from '../core/caps';
 import { renderTable } from './table';
 
 /** The probe result: system-wide and per default VM answers. */
@@ -19,18 +21,44 @@ export interface ProbeReport {
   readonly system: Capabilities;
   /** Answers of a default-type VM (they can differ from the system's). */
   readonly vm: Capabilities;
+  /**
+   * Per VM type the host offers: whether a guest_memfd mapping takes a NUMA policy
+   * and registers with userfaultfd, found by trying on a small guest_memfd.
+   */
+  readonly guestMemfdMapping: readonly GuestMemfdMappingFeatures[];
 }
 
-/** Opens KVM and collects the guest-memory capabilities of the host and of a default VM. */
+/**
+ * Opens KVM and collects the guest-memory capabilities of the host and of a default
+ * VM, then tries a guest_memfd mapping of each VM type the host offers.
+ */
 export function probe(path?: string): ProbeReport {
   using kvm = Kvm.open(path);
   using vm = kvm.createVm();
+  const system = kvm.capabilities();
+  const guestMemfdMapping: GuestMemfdMappingFeatures[] = [];
+  for (const type of system.vmTypes.length ? system.vmTypes : ['default']) {
+    let typed;
+    try {
+      typed = kvm.createVm({ type: type as VmTypeName });
+    } catch (e) {
+      const no = { supported: false, detail: `cannot create a '${type}' VM: ${e instanceof Error ? e.message : String(e)}` };
+      guestMemfdMapping.push({ vmType: type, mappable: false, mempolicy: no, userfaultfdMissing: no, userfaultfdMinor: no });
+      continue;
+    }
+    try {
+      guestMemfdMapping.push(probeGuestMemfdMapping(typed));
+    } finally {
+      typed.close();
+    }
+  }
   return {
     path: kvm.path,
     apiVersion: kvm.apiVersion,
     kernel: release(),
-    system: kvm.capabilities(),
+    system,
     vm: vm.capabilities(),
+    guestMemfdMapping,
   };
 }
 
@@ -60,12 +88,26 @@ export function formatProbe(report: ProbeReport): string {
   const conversion = report.vm.memoryAttributes.names.includes('private')
     ? 'shared/private conversion: available'
     : 'shared/private conversion: not available (KVM_CAP_MEMORY_ATTRIBUTES lacks PRIVATE)';
+  const answer = (f: { supported: boolean }) => (f.supported ? 'yes' : 'no');
+  const mapping = renderTable(
+    ['VM type', 'mappable', 'NUMA policy', 'uffd missing', 'uffd minor'],
+    report.guestMemfdMapping.map((m) => [m.vmType, m.mappable ? 'yes' : 'no', answer(m.mempolicy), answer(m.userfaultfdMissing), answer(m.userfaultfdMinor)]),
+  );
+  const details = report.guestMemfdMapping.flatMap((m) =>
+    m.mappable
+      ? [`  ${m.vmType}: NUMA policy: ${m.mempolicy.detail}`, `  ${m.vmType}: userfaultfd: ${m.userfaultfdMissing.detail}; ${m.userfaultfdMinor.detail}`]
+      : [`  ${m.vmType}: ${m.mempolicy.detail}`],
+  );
   return [
     `KVM at ${report.path}: API version ${report.apiVersion}, kernel ${report.kernel}`,
     '',
     renderTable(['capability', 'system', 'default VM'], rows),
     '',
     conversion,
+    '',
+    'guest_memfd mappings (tried on a small file per VM type):',
+    mapping,
+    ...details,
   ].join('\n');
 }
 

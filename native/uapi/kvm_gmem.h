@@ -1,11 +1,14 @@
 /*
- * The slice of the Linux KVM and memfd ABI that guest-memfd uses, carried here so
- * the addon builds against system headers older than guest_memfd (Debian 12 ships
- * Linux 6.1 headers, which predate KVM_CREATE_GUEST_MEMFD and memory attributes).
+ * The slice of the Linux KVM, memfd, eventfd, userfaultfd and mempolicy ABI that
+ * guest-memfd uses, carried here so the addon builds against system headers older
+ * than guest_memfd (Debian 12 ships Linux 6.1 headers, which predate
+ * KVM_CREATE_GUEST_MEMFD and memory attributes).
  *
  * Every number and layout below is the kernel's (include/uapi/linux/kvm.h,
- * arch/x86/include/uapi/asm/kvm.h, include/uapi/linux/memfd.h). Struct layouts are
- * pinned by static_asserts so a typo cannot compile.
+ * arch/x86/include/uapi/asm/kvm.h, include/uapi/linux/memfd.h,
+ * include/uapi/linux/eventfd.h, include/uapi/linux/userfaultfd.h,
+ * include/uapi/linux/mempolicy.h). Struct layouts are pinned by static_asserts so a
+ * typo cannot compile.
  */
 #ifndef GUEST_MEMFD_UAPI_KVM_GMEM_H
 #define GUEST_MEMFD_UAPI_KVM_GMEM_H
@@ -176,6 +179,110 @@ static_assert(sizeof(kvm_fpu) == 416, "kvm_fpu");
 constexpr unsigned long KVM_GET_FPU = _IOR(KVMIO, 0x8c, struct kvm_fpu);
 constexpr unsigned long KVM_SET_FPU = _IOW(KVMIO, 0x8d, struct kvm_fpu);
 
+/* ---- MSRs (x86) ---- */
+struct kvm_msr_list {
+  uint32_t nmsrs;
+  /* uint32_t indices[nmsrs] follow */
+};
+static_assert(sizeof(kvm_msr_list) == 4, "kvm_msr_list");
+constexpr unsigned long KVM_GET_MSR_INDEX_LIST = _IOWR(KVMIO, 0x02, struct kvm_msr_list);
+constexpr unsigned long KVM_GET_MSR_FEATURE_INDEX_LIST = _IOWR(KVMIO, 0x0a, struct kvm_msr_list);
+
+struct kvm_msr_entry {
+  uint32_t index;
+  uint32_t reserved;
+  uint64_t data;
+};
+static_assert(sizeof(kvm_msr_entry) == 16, "kvm_msr_entry");
+struct kvm_msrs {
+  uint32_t nmsrs;
+  uint32_t pad;
+  /* struct kvm_msr_entry entries[nmsrs] follow */
+};
+static_assert(sizeof(kvm_msrs) == 8, "kvm_msrs");
+/* On a vCPU fd: the vCPU's MSRs; on the system fd: MSR-based features (KVM_CAP_GET_MSR_FEATURES). */
+constexpr unsigned long KVM_GET_MSRS = _IOWR(KVMIO, 0x88, struct kvm_msrs);
+constexpr unsigned long KVM_SET_MSRS = _IOW(KVMIO, 0x89, struct kvm_msrs);
+/* arch/x86/kvm/x86.c MAX_IO_MSRS: msr_io() refuses nmsrs >= this with E2BIG. */
+constexpr uint32_t KVM_MAX_IO_MSRS = 256;
+
+/* ---- in-kernel interrupt controllers and timers (x86) ---- */
+constexpr unsigned long KVM_CREATE_IRQCHIP = _IO(KVMIO, 0x60);
+
+struct kvm_irq_level {
+  union {
+    uint32_t irq;
+    int32_t status;
+  };
+  uint32_t level;
+};
+static_assert(sizeof(kvm_irq_level) == 8, "kvm_irq_level");
+constexpr unsigned long KVM_IRQ_LINE = _IOW(KVMIO, 0x61, struct kvm_irq_level);
+constexpr unsigned long KVM_IRQ_LINE_STATUS = _IOWR(KVMIO, 0x67, struct kvm_irq_level);
+
+struct kvm_pit_config {
+  uint32_t flags;
+  uint32_t pad[15];
+};
+static_assert(sizeof(kvm_pit_config) == 64, "kvm_pit_config");
+constexpr unsigned long KVM_CREATE_PIT2 = _IOW(KVMIO, 0x77, struct kvm_pit_config);
+constexpr uint32_t KVM_PIT_SPEAKER_DUMMY = 1;
+
+constexpr unsigned long KVM_SET_TSS_ADDR = _IO(KVMIO, 0x47);
+constexpr unsigned long KVM_SET_IDENTITY_MAP_ADDR = _IOW(KVMIO, 0x48, uint64_t);
+
+/* KVM_APIC_REG_SIZE: the local APIC's register page as KVM_GET/SET_LAPIC carry it. */
+struct kvm_lapic_state {
+  char regs[0x400];
+};
+static_assert(sizeof(kvm_lapic_state) == 1024, "kvm_lapic_state");
+constexpr unsigned long KVM_GET_LAPIC = _IOR(KVMIO, 0x8e, struct kvm_lapic_state);
+constexpr unsigned long KVM_SET_LAPIC = _IOW(KVMIO, 0x8f, struct kvm_lapic_state);
+
+struct kvm_mp_state {
+  uint32_t mp_state;
+};
+static_assert(sizeof(kvm_mp_state) == 4, "kvm_mp_state");
+constexpr unsigned long KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, struct kvm_mp_state);
+constexpr unsigned long KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, struct kvm_mp_state);
+
+/* ---- eventfd bindings ---- */
+struct kvm_irqfd {
+  uint32_t fd;
+  uint32_t gsi;
+  uint32_t flags;
+  uint32_t resamplefd;
+  uint8_t pad[16];
+};
+static_assert(sizeof(kvm_irqfd) == 32, "kvm_irqfd");
+constexpr unsigned long KVM_IRQFD = _IOW(KVMIO, 0x76, struct kvm_irqfd);
+constexpr uint32_t KVM_IRQFD_FLAG_DEASSIGN = 1u << 0;
+constexpr uint32_t KVM_IRQFD_FLAG_RESAMPLE = 1u << 1;
+
+struct kvm_ioeventfd {
+  uint64_t datamatch;
+  uint64_t addr; /* a PIO port or an MMIO GPA */
+  uint32_t len;  /* 1, 2, 4 or 8; 0 matches any length */
+  int32_t fd;
+  uint32_t flags;
+  uint8_t pad[36];
+};
+static_assert(sizeof(kvm_ioeventfd) == 64, "kvm_ioeventfd");
+static_assert(offsetof(kvm_ioeventfd, fd) == 20, "kvm_ioeventfd fd");
+constexpr unsigned long KVM_IOEVENTFD = _IOW(KVMIO, 0x79, struct kvm_ioeventfd);
+constexpr uint32_t KVM_IOEVENTFD_FLAG_DATAMATCH = 1u << 0;
+constexpr uint32_t KVM_IOEVENTFD_FLAG_PIO = 1u << 1;
+constexpr uint32_t KVM_IOEVENTFD_FLAG_DEASSIGN = 1u << 2;
+
+/* ---- guest debugging (x86 struct kvm_guest_debug_arch: debugreg[8]) ---- */
+struct kvm_guest_debug {
+  uint32_t control;
+  uint32_t pad;
+  uint64_t debugreg[8];
+};
+static_assert(sizeof(kvm_guest_debug) == 72, "kvm_guest_debug");
+constexpr unsigned long KVM_SET_GUEST_DEBUG = _IOW(KVMIO, 0x9b, struct kvm_guest_debug);
+
 /* The head of struct kvm_run: the fields the native layer touches itself. The exit
  * union (offset 32) is decoded in TypeScript over the shared mapping. */
 struct kvm_run_head {
@@ -211,6 +318,46 @@ constexpr uint32_t KVM_EXIT_MEMORY_FAULT = 39;
 #ifndef MFD_EXEC
 #define MFD_EXEC 0x0010U
 #endif
+
+/* ---- eventfd (include/uapi/linux/eventfd.h: the O_* values of x86) ---- */
+constexpr int GMEM_EFD_SEMAPHORE = 1;
+constexpr int GMEM_EFD_NONBLOCK = 04000;
+constexpr int GMEM_EFD_CLOEXEC = 02000000;
+
+/* ---- userfaultfd (include/uapi/linux/userfaultfd.h) ---- */
+constexpr unsigned UFFDIO = 0xAA;
+constexpr uint64_t UFFD_API = 0xAA;
+struct uffdio_api {
+  uint64_t api;
+  uint64_t features;
+  uint64_t ioctls;
+};
+static_assert(sizeof(uffdio_api) == 24, "uffdio_api");
+struct uffdio_range {
+  uint64_t start;
+  uint64_t len;
+};
+static_assert(sizeof(uffdio_range) == 16, "uffdio_range");
+struct uffdio_register {
+  uffdio_range range;
+  uint64_t mode;
+  uint64_t ioctls;
+};
+static_assert(sizeof(uffdio_register) == 32, "uffdio_register");
+constexpr unsigned long UFFDIO_API_IOCTL = _IOWR(UFFDIO, 0x3F, struct uffdio_api);
+constexpr unsigned long UFFDIO_REGISTER_IOCTL = _IOWR(UFFDIO, 0x00, struct uffdio_register);
+constexpr unsigned long UFFDIO_UNREGISTER_IOCTL = _IOR(UFFDIO, 0x01, struct uffdio_range);
+constexpr uint64_t UFFDIO_REGISTER_MODE_MISSING = 1ull << 0;
+constexpr uint64_t UFFDIO_REGISTER_MODE_WP = 1ull << 1;
+constexpr uint64_t UFFDIO_REGISTER_MODE_MINOR = 1ull << 2;
+
+/* ---- NUMA memory policy (include/uapi/linux/mempolicy.h) ---- */
+constexpr int GMEM_MPOL_DEFAULT = 0;
+constexpr int GMEM_MPOL_PREFERRED = 1;
+constexpr int GMEM_MPOL_BIND = 2;
+constexpr int GMEM_MPOL_INTERLEAVE = 3;
+constexpr unsigned long GMEM_MPOL_F_NODE = 1ul << 0;
+constexpr unsigned long GMEM_MPOL_F_ADDR = 1ul << 1;
 
 }  // namespace gmem_uapi
 
