@@ -35,10 +35,12 @@ const ROWS = [
   { id: 'invalidate_dispatch_1', unit: 'us/op', iters: [20000, 10000] },
   { id: 'punch_hole_4k_8_listeners', unit: 'us/op', iters: [2000, 1000] },
   { id: 'invalidate_dispatch_8', unit: 'us/op', iters: [20000, 10000] },
-  { id: 'memory_write_4k', unit: 'us/op', pair: 'memory_read_4k', iters: [20000, 10000] },
-  { id: 'memory_write_1m', unit: 'us/op', pair: 'memory_read_1m', iters: [200, 100] },
+  { id: 'memory_write_4k', unit: 'us/op', pair: ['memory_read_4k', 'memory_readinto_4k'], iters: [20000, 10000] },
+  { id: 'memory_write_1m', unit: 'us/op', pair: ['memory_read_1m', 'memory_readinto_1m'], iters: [200, 100] },
 ];
 const ONE_SHOT = ['attr_map', 'rss'];
+/** The ops measured alternately with a row's own and compared with it. */
+const pairsOf = (row) => (row.pair === undefined ? [] : Array.isArray(row.pair) ? row.pair : [row.pair]);
 const DEFAULT_BATCHES = { ref: [31, 5], node: [21, 5] };
 
 // Targets, as Node/C (or Node/Python, or against a paired op) on the median of the
@@ -55,6 +57,8 @@ const TARGETS = [
   { row: 'slot_add_delete', against: 'c', spread: true },
   { row: 'memory_read_1m', against: 'pair', limit: 1.2 },
   { row: 'memory_read_4k', against: 'pair' },
+  { row: 'memory_readinto_1m', against: 'pair', limit: 1.2 },
+  { row: 'memory_readinto_4k', against: 'pair' },
   { python: true, limit: 1 },
   { row: 'rss_1000_slots_1000_views', value: true, limit: 50 },
 ];
@@ -94,7 +98,7 @@ function parseArgs(argv) {
   }
   for (const s of o.sides) if (!['c', 'node', 'python'].includes(s)) throw new Error(`--sides: unknown side ${s}`);
   if (o.ops) {
-    const known = new Set([...ROWS.flatMap((r) => [r.id, r.pair].filter(Boolean)), ...ONE_SHOT]);
+    const known = new Set([...ROWS.flatMap((r) => [r.id, ...pairsOf(r)]), ...ONE_SHOT]);
     for (const op of o.ops) if (!known.has(op)) throw new Error(`--op: unknown row ${op} (see --list)`);
   }
   return o;
@@ -135,38 +139,38 @@ async function measureRow(row, ctx) {
   const batches = opts.batches ?? (row.batches ?? (row.ref ? DEFAULT_BATCHES.ref : DEFAULT_BATCHES.node))[q];
   const per = row.per ?? 1;
   const nodeOp = node?.ops[row.node ?? row.id];
-  const pairOp = row.pair ? node?.ops[row.pair] : undefined;
+  const pairOps = pairsOf(row).map((name) => ({ name, op: node?.ops[name] })).filter((p) => p.op);
   const unit = row.unit;
 
   const sides = [];
   if (row.ref && c) sides.push({ name: 'c', batch: (n) => c.batch(row.ref, n) });
   if (nodeOp) sides.push({ name: 'node', batch: (n) => timeNodeBatch(nodeOp, n) });
   if (row.ref && python) sides.push({ name: 'python', batch: (n) => python.batch(row.ref, n) });
-  if (pairOp) sides.push({ name: 'pair', batch: (n) => timeNodeBatch(pairOp, n) });
+  for (const p of pairOps) sides.push({ name: `pair:${p.name}`, batch: (n) => timeNodeBatch(p.op, n) });
   if (sides.length === 0) return [];
 
   const label = row.label ?? row.id;
   const t0 = Date.now();
   const tick = process.stderr.isTTY ? (b, n) => process.stderr.write(`\r  ${label}: batch ${b}/${n}`) : undefined;
   nodeOp?.enter?.();
-  pairOp?.enter?.();
+  for (const p of pairOps) p.op.enter?.();
   let samples;
   try {
     samples = await alternate(sides, iters, batches, tick);
   } finally {
     nodeOp?.leave?.();
-    pairOp?.leave?.();
+    for (const p of pairOps) p.op.leave?.();
   }
   process.stderr.write(`${tick ? '\r' : ''}  ${label}: ${batches} batches × ${iters} in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
 
   const figures = (name) => (samples[name] ? sideFigures(samples[name], unit, per) : undefined);
   const ratio = (a, b) => (samples[a] && samples[b] ? ratioFigures(samples[a], samples[b], per) : undefined);
   const base = { unit, iters, batches, per, busy: !!row.busy };
-  if (pairOp) {
-    // This row's op and its pair: two rows, the pair's against this one.
+  if (pairOps.length) {
+    // This row's op and its pairs: a row each, the pairs' against this one.
     return [
       { ...base, id: row.id, label, sides: { node: figures('node') }, ratios: {} },
-      { ...base, id: row.pair, label: row.pair, sides: { node: figures('pair') }, ratios: { pair: ratio('pair', 'node') }, pairedWith: row.id },
+      ...pairOps.map((p) => ({ ...base, id: p.name, label: p.name, sides: { node: figures(`pair:${p.name}`) }, ratios: { pair: ratio(`pair:${p.name}`, 'node') }, pairedWith: row.id })),
     ];
   }
   return [{ ...base, id: row.id, label, ref: row.ref, sides: { c: figures('c'), node: figures('node'), python: figures('python') }, ratios: { c: ratio('node', 'c'), python: ratio('node', 'python') } }];
@@ -244,7 +248,7 @@ function toJson(value) {
 async function run(opts) {
   const { renderTable } = await import('../dist/tools/table.js');
   const selected = (id) => !opts.ops || opts.ops.includes(id);
-  const rows = ROWS.filter((r) => selected(r.id) || (r.pair && selected(r.pair)));
+  const rows = ROWS.filter((r) => selected(r.id) || pairsOf(r).some(selected));
   const needC = opts.sides.includes('c') && rows.some((r) => r.ref);
   const needPython = opts.sides.includes('python') && rows.some((r) => r.ref);
   const needNode = opts.sides.includes('node');
@@ -364,7 +368,7 @@ async function main() {
   const opts = parseArgs(process.argv.slice(2));
   if (opts.help) return console.log(USAGE);
   if (opts.list) {
-    for (const r of ROWS) console.log(`${r.id}${r.pair ? ` (with ${r.pair})` : ''}${r.ref ? `  [C/Python: ${r.ref}]` : ''}`);
+    for (const r of ROWS) console.log(`${r.id}${pairsOf(r).length ? ` (with ${pairsOf(r).join(', ')})` : ''}${r.ref ? `  [C/Python: ${r.ref}]` : ''}`);
     for (const id of ONE_SHOT) console.log(id);
     return;
   }

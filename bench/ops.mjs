@@ -70,6 +70,8 @@ function build(kvm) {
   const delivery = [[big.notifier, { file: big, offset: 0, length: 4096, cause: 'punch-hole', ranges: [] }]];
   const data4k = Buffer.alloc(4096, 3);
   const data1m = Buffer.alloc(MiB, 3);
+  const into4k = Buffer.alloc(4096);
+  const into1m = Buffer.alloc(MiB);
 
   const ops = {
     // The validated public call: KVM_CHECK_EXTENSION(KVM_CAP_GUEST_MEMFD) on the VM fd.
@@ -167,6 +169,17 @@ function build(kvm) {
     memory_read_1m: {
       run(n) {
         for (let i = 0; i < n; i++) vm.memory.read(MEMORY_GPA, MiB);
+      },
+    },
+    // The same reads into a buffer the caller keeps: no allocation, no fresh pages.
+    memory_readinto_4k: {
+      run(n) {
+        for (let i = 0; i < n; i++) vm.memory.readInto(MEMORY_GPA, into4k);
+      },
+    },
+    memory_readinto_1m: {
+      run(n) {
+        for (let i = 0; i < n; i++) vm.memory.readInto(MEMORY_GPA, into1m);
       },
     },
   };

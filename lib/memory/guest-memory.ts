@@ -62,7 +62,11 @@ export class GuestMemory {
     });
   }
 
-  /** Copies `length` bytes at `guestPhysAddr` into a new Buffer. */
+  /**
+   * Copies `length` bytes at `guestPhysAddr` into a new Buffer. The new Buffer's
+   * memory is fresh (the kernel faults it in as it is filled); loops that read
+   * often are faster with {@link GuestMemory.readInto} and a buffer of their own.
+   */
   read(guestPhysAddr: number | bigint, length: number | bigint): Buffer {
     const pieces = this.#pieces('vm.memory.read', guestPhysAddr, length);
     if (pieces.length === 1) {
@@ -70,6 +74,25 @@ export class GuestMemory {
       return Buffer.from(p.buffer.subarray(p.at, p.at + p.length));
     }
     return Buffer.concat(pieces.map((p) => p.buffer.subarray(p.at, p.at + p.length)));
+  }
+
+  /**
+   * Copies `target.length` bytes at `guestPhysAddr` into `target` (any Uint8Array),
+   * allocating nothing: the form for hot loops. Returns `target`.
+   *
+   * @example
+   * const page = Buffer.allocUnsafe(4096);
+   * for (;;) { vm.memory.readInto(0x1000, page); ... }
+   */
+  readInto<T extends Uint8Array>(guestPhysAddr: number | bigint, target: T): T {
+    if (!(target instanceof Uint8Array))
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', 'vm.memory.readInto: target must be a Buffer or Uint8Array');
+    let offset = 0;
+    for (const p of this.#pieces('vm.memory.readInto', guestPhysAddr, target.length)) {
+      target.set(p.buffer.subarray(p.at, p.at + p.length), offset);
+      offset += p.length;
+    }
+    return target;
   }
 
   /** Copies `bytes` to guest memory at `guestPhysAddr`. */
