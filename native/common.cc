@@ -140,43 +140,70 @@ Napi::Value MsrIo(const Napi::CallbackInfo& info, unsigned long request, const c
   return Napi::Number::New(info.Env(), static_cast<double>(done));
 }
 
+// The readers ask for the value directly (a wrong type is a cheap status, not an
+// exception) and only look closer when that fails: they sit on every hot path.
 bool ArgU64(const Napi::CallbackInfo& info, size_t i, uint64_t* out) {
-  Napi::Value v = info[i];
-  if (v.IsNumber()) {
-    double d = v.As<Napi::Number>().DoubleValue();
-    if (!(d >= 0) || d > 18446744073709551615.0) goto bad;
-    *out = static_cast<uint64_t>(d);
-    return true;
-  }
-  if (v.IsBigInt()) {
+  napi_env env = info.Env();
+  napi_value v = info[i];
+  double d;
+  if (napi_get_value_double(env, v, &d) == napi_ok) {
+    if (d >= 0 && d < 18446744073709551616.0) {
+      *out = static_cast<uint64_t>(d);
+      return true;
+    }
+  } else {
     bool lossless = false;
-    *out = v.As<Napi::BigInt>().Uint64Value(&lossless);
-    if (lossless) return true;
+    uint64_t u;
+    if (napi_get_value_bigint_uint64(env, v, &u, &lossless) == napi_ok && lossless) {
+      *out = u;
+      return true;
+    }
   }
-bad:
   Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be an unsigned 64-bit number or bigint")
       .ThrowAsJavaScriptException();
   return false;
 }
 
 bool ArgI32(const Napi::CallbackInfo& info, size_t i, int32_t* out) {
-  if (!info[i].IsNumber()) {
-    Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a number")
-        .ThrowAsJavaScriptException();
-    return false;
-  }
-  *out = info[i].As<Napi::Number>().Int32Value();
-  return true;
+  if (napi_get_value_int32(info.Env(), info[i], out) == napi_ok) return true;
+  Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a number").ThrowAsJavaScriptException();
+  return false;
 }
 
 bool ArgU32(const Napi::CallbackInfo& info, size_t i, uint32_t* out) {
-  if (!info[i].IsNumber()) {
-    Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a number")
-        .ThrowAsJavaScriptException();
-    return false;
+  if (napi_get_value_uint32(info.Env(), info[i], out) == napi_ok) return true;
+  Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a number").ThrowAsJavaScriptException();
+  return false;
+}
+
+bool RawI32(napi_env env, napi_value v, size_t index, int32_t* out) {
+  if (napi_get_value_int32(env, v, out) == napi_ok) return true;
+  napi_throw_type_error(env, nullptr, ("argument " + std::to_string(index) + " must be a number").c_str());
+  return false;
+}
+
+bool RawU64(napi_env env, napi_value v, size_t index, uint64_t* out) {
+  double d;
+  if (napi_get_value_double(env, v, &d) == napi_ok) {
+    if (d >= 0 && d < 18446744073709551616.0) {
+      *out = static_cast<uint64_t>(d);
+      return true;
+    }
+  } else {
+    bool lossless = false;
+    uint64_t u;
+    if (napi_get_value_bigint_uint64(env, v, &u, &lossless) == napi_ok && lossless) {
+      *out = u;
+      return true;
+    }
   }
-  *out = info[i].As<Napi::Number>().Uint32Value();
-  return true;
+  napi_throw_type_error(env, nullptr, ("argument " + std::to_string(index) + " must be an unsigned 64-bit number or bigint").c_str());
+  return false;
+}
+
+void ExportRaw(Napi::Env env, Napi::Object exports, const char* name, napi_callback fn) {
+  napi_value f;
+  if (napi_create_function(env, name, NAPI_AUTO_LENGTH, fn, nullptr, &f) == napi_ok) exports.Set(name, Napi::Value(env, f));
 }
 
 bool ArgTypedArray(const Napi::CallbackInfo& info, size_t i, napi_typedarray_type type, size_t minElements,

@@ -128,6 +128,16 @@ Napi::Value MsrIndexList(Napi::Env env, int fd, unsigned long request, const cha
 // stops at the first it cannot handle); a GET fills `data` for those.
 Napi::Value MsrIo(const Napi::CallbackInfo& info, unsigned long request, const char* name);
 
+// Hot entry points are plain N-API callbacks: no node-addon-api CallbackInfo (it
+// copies a six-slot argument vector and wraps every value). These readers take the
+// value straight and throw the same TypeError as the checked ones when it is not a
+// plain number (or a bigint, for the 64-bit one).
+bool RawI32(napi_env env, napi_value v, size_t index, int32_t* out);
+bool RawU64(napi_env env, napi_value v, size_t index, uint64_t* out);
+
+// Registers a plain N-API callback as `name` on `exports`.
+void ExportRaw(Napi::Env env, Napi::Object exports, const char* name, napi_callback fn);
+
 }  // namespace gmem
 
 #endif

@@ -12,25 +12,38 @@ namespace gmem {
 
 // close(fd): idempotence lives in TypeScript; here an fd the addon does not own is
 // refused, so a stale number can never close somebody else's file.
-static Napi::Value Close(const Napi::CallbackInfo& info) {
+static napi_value Close(napi_env env, napi_callback_info cb) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, cb, &argc, argv, nullptr, nullptr);
   int32_t fd;
-  if (!ArgI32(info, 0, &fd)) return Napi::Value();
-  AddonState& state = State(info.Env());
-  if (!state.fds.erase(fd)) return Napi::Boolean::New(info.Env(), false);
-  close(fd);  // Linux releases the fd even when close reports EINTR/EIO.
-  return Napi::Boolean::New(info.Env(), true);
+  if (!RawI32(env, argv[0], 0, &fd)) return nullptr;
+  bool owned = State(Napi::Env(env)).fds.erase(fd);
+  if (owned) close(fd);  // Linux releases the fd even when close reports EINTR/EIO.
+  napi_value result;
+  napi_get_boolean(env, owned, &result);
+  return result;
 }
 
 // fallocate(fd, mode, offset, length) -> undefined
-static Napi::Value Fallocate(const Napi::CallbackInfo& info) {
+static napi_value Fallocate(napi_env env, napi_callback_info cb) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, cb, &argc, argv, nullptr, nullptr);
   int32_t fd, mode;
   uint64_t offset, length;
-  if (!ArgI32(info, 0, &fd) || !ArgI32(info, 1, &mode) || !ArgU64(info, 2, &offset) ||
-      !ArgU64(info, 3, &length))
-    return Napi::Value();
-  if (fallocate(fd, mode, static_cast<off_t>(offset), static_cast<off_t>(length)) != 0)
-    return ThrowErrno(info.Env(), errno, "fallocate", nullptr);
-  return info.Env().Undefined();
+  if (!RawI32(env, argv[0], 0, &fd) || !RawI32(env, argv[1], 1, &mode) || !RawU64(env, argv[2], 2, &offset) ||
+      !RawU64(env, argv[3], 3, &length))
+    return nullptr;
+  if (fallocate(fd, mode, static_cast<off_t>(offset), static_cast<off_t>(length)) != 0) {
+    int err = errno;
+    try {
+      ThrowErrno(Napi::Env(env), err, "fallocate", nullptr);
+    } catch (const Napi::Error& e) {
+      e.ThrowAsJavaScriptException();
+    }
+  }
+  return nullptr;
 }
 
 static Napi::Value Ftruncate(const Napi::CallbackInfo& info) {
@@ -72,8 +85,8 @@ static Napi::Value OwnedFdCount(const Napi::CallbackInfo& info) {
 }
 
 void InitFile(Napi::Env env, Napi::Object exports) {
-  exports.Set("close", Napi::Function::New(env, Close, "close"));
-  exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
+  ExportRaw(env, exports, "close", Close);
+  ExportRaw(env, exports, "fallocate", Fallocate);
   exports.Set("ftruncate", Napi::Function::New(env, Ftruncate, "ftruncate"));
   exports.Set("fstat", Napi::Function::New(env, Fstat, "fstat"));
   exports.Set("isCloexec", Napi::Function::New(env, IsCloexec, "isCloexec"));

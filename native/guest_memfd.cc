@@ -14,25 +14,38 @@ namespace gmem {
 using namespace gmem_uapi;
 
 // createGuestMemfd(vmFd, size, flags) -> fd
-static Napi::Value CreateGuestMemfd(const Napi::CallbackInfo& info) {
+static napi_value CreateGuestMemfd(napi_env env, napi_callback_info cb) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, cb, &argc, argv, nullptr, nullptr);
   int32_t vm;
   uint64_t size, flags;
-  if (!ArgI32(info, 0, &vm) || !ArgU64(info, 1, &size) || !ArgU64(info, 2, &flags)) return Napi::Value();
+  if (!RawI32(env, argv[0], 0, &vm) || !RawU64(env, argv[1], 1, &size) || !RawU64(env, argv[2], 2, &flags)) return nullptr;
   kvm_create_guest_memfd args;
   memset(&args, 0, sizeof args);
   args.size = size;
   args.flags = flags;
   int fd = ioctl(vm, KVM_CREATE_GUEST_MEMFD, &args);
-  if (fd < 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_CREATE_GUEST_MEMFD");
+  int err = errno;
   // kvm_gmem_create() uses get_unused_fd_flags(0): without this a spawned child
   // would inherit guest memory.
-  if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
-    int err = errno;
+  if (fd >= 0 && fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
+    err = errno;
     close(fd);
-    return ThrowErrno(info.Env(), err, "fcntl", nullptr);
+    fd = -2;
   }
-  AdoptFd(info.Env(), fd);
-  return Napi::Number::New(info.Env(), fd);
+  if (fd < 0) {
+    try {
+      ThrowErrno(Napi::Env(env), err, fd == -2 ? "fcntl" : "ioctl", fd == -2 ? nullptr : "KVM_CREATE_GUEST_MEMFD");
+    } catch (const Napi::Error& e) {
+      e.ThrowAsJavaScriptException();
+    }
+    return nullptr;
+  }
+  AdoptFd(Napi::Env(env), fd);
+  napi_value result;
+  napi_create_int32(env, fd, &result);
+  return result;
 }
 
 // fallocateMany(fd, mode, pairs: BigUint64Array [offset, length]*) -> count.
@@ -52,7 +65,7 @@ static Napi::Value FallocateMany(const Napi::CallbackInfo& info) {
 }
 
 void InitGuestMemfd(Napi::Env env, Napi::Object exports) {
-  exports.Set("createGuestMemfd", Napi::Function::New(env, CreateGuestMemfd, "createGuestMemfd"));
+  ExportRaw(env, exports, "createGuestMemfd", CreateGuestMemfd);
   exports.Set("fallocateMany", Napi::Function::New(env, FallocateMany, "fallocateMany"));
 }
 

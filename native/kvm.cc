@@ -39,8 +39,27 @@ static Napi::Value GetApiVersion(const Napi::CallbackInfo& info) {
   return IntIoctl(info, KVM_GET_API_VERSION, "KVM_GET_API_VERSION");
 }
 
-static Napi::Value CheckExtension(const Napi::CallbackInfo& info) {
-  return IntIoctl(info, KVM_CHECK_EXTENSION, "KVM_CHECK_EXTENSION");
+// checkExtension(fd, cap) -> value: the hottest query, a plain N-API callback.
+static napi_value CheckExtension(napi_env env, napi_callback_info cb) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, cb, &argc, argv, nullptr, nullptr);
+  int32_t fd;
+  uint64_t cap;
+  if (!RawI32(env, argv[0], 0, &fd) || !RawU64(env, argv[1], 1, &cap)) return nullptr;
+  int r = ioctl(fd, KVM_CHECK_EXTENSION, static_cast<unsigned long>(cap));
+  if (r < 0) {
+    int err = errno;
+    try {
+      ThrowErrno(Napi::Env(env), err, "ioctl", "KVM_CHECK_EXTENSION");
+    } catch (const Napi::Error& e) {
+      e.ThrowAsJavaScriptException();
+    }
+    return nullptr;
+  }
+  napi_value result;
+  napi_create_int32(env, r, &result);
+  return result;
 }
 
 static Napi::Value GetVcpuMmapSize(const Napi::CallbackInfo& info) {
@@ -88,7 +107,7 @@ void InitKvm(Napi::Env env, Napi::Object exports) {
   exports.Set("getSupportedCpuid", Napi::Function::New(env, GetSupportedCpuid, "getSupportedCpuid"));
   exports.Set("kvmOpen", Napi::Function::New(env, KvmOpen, "kvmOpen"));
   exports.Set("getApiVersion", Napi::Function::New(env, GetApiVersion, "getApiVersion"));
-  exports.Set("checkExtension", Napi::Function::New(env, CheckExtension, "checkExtension"));
+  ExportRaw(env, exports, "checkExtension", CheckExtension);
   exports.Set("getVcpuMmapSize", Napi::Function::New(env, GetVcpuMmapSize, "getVcpuMmapSize"));
   exports.Set("createVm", Napi::Function::New(env, CreateVm, "createVm"));
 }

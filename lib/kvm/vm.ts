@@ -65,6 +65,9 @@ import {
 } from './eventfd-bindings';
 
 
+// Hot calls bound once: a load from the addon's exports object costs more than the call.
+const { checkExtension, createGuestMemfd } = native;
+
 /** madvise(2) advice that frees private anonymous pages. */
 const MADV_DONTNEED = 4;
 const PAGE_MASK = 0xfffn;
@@ -467,7 +470,7 @@ export class Vm {
    */
   checkExtension(cap: number): number {
     const c = uint(cap, 'vm.checkExtension', 'cap', 0xffffffff);
-    return native.checkExtension(this.checkOpen('vm.checkExtension'), c);
+    return checkExtension(this.checkOpen('vm.checkExtension'), c);
   }
 
   /**
@@ -555,7 +558,7 @@ export class Vm {
 
   #createGuestMemfd(op: string, size: number | bigint, flags: number | bigint): number {
     try {
-      return native.createGuestMemfd(this.#fd, size, flags);
+      return createGuestMemfd(this.#fd, size, flags);
     } catch (e) {
       throw explain(e, `${op}(size ${hex(size)}, flags ${hex(flags)})`, {
         EINVAL: 'the size must be a positive multiple of the page size and the flags ones this VM supports',

@@ -49,6 +49,8 @@ export interface FileBinding {
 }
 
 const statScratch = new Float64Array(5);
+// Hot calls bound once: a load from the addon's exports object costs more than the call.
+const { fallocate, close: closeFd } = native;
 
 /**
  * Base class of {@link GuestMemfd} and {@link Memfd}. Not constructed directly.
@@ -63,6 +65,8 @@ export abstract class MemoryFile {
   // Created on first use: most files are made, used and closed without either.
   #notifier: Notifier<FileRangeEvent<MemoryFile>> | undefined;
   #views: ViewSet | undefined;
+  // What the punch fast path needs, asked of the subclass once (it never changes).
+  #hot = { granule: 0, guards: false };
 
   /** @internal */
   protected constructor(fd: number, size: number, parentCell?: FdCell) {
@@ -155,6 +159,11 @@ export abstract class MemoryFile {
   protected checkOpen(operation: string): number {
     if (this.#fd < 0) throw closedError(this.description, operation);
     return this.#fd;
+  }
+
+  #learn(): { granule: number; guards: boolean } {
+    this.#hot = { granule: this.granule, guards: this.guardsDiscards };
+    return this.#hot;
   }
 
   /** The range rule: non-empty, aligned to `granule`, inside the file. */
@@ -258,9 +267,10 @@ export abstract class MemoryFile {
       this.#fd >= 0 &&
       typeof offset === 'number' &&
       typeof length === 'number' &&
-      this.#fits(offset, length, this.granule) &&
-      !this.guardsDiscards &&
-      this.unobserved
+      this.#fits(offset, length, this.#hot.granule || this.#learn().granule) &&
+      !this.#hot.guards &&
+      (this.#notifier === undefined || this.#notifier.size === 0) &&
+      (this.#bindings === undefined || this.#bindings.size === 0)
     ) {
       try {
         this.#punch(this.#fd, offset, length);
@@ -294,7 +304,7 @@ export abstract class MemoryFile {
 
   #punch(fd: number, offset: number, length: number): void {
     try {
-      native.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+      fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
     } catch (e) {
       throw explain(e, `${this.kind}.punchHole(${hex(offset)}, ${hex(length)})`);
     }
@@ -449,7 +459,7 @@ export abstract class MemoryFile {
   #release(): void {
     this.#views?.releaseAll();
     closed(this.#fdCell);
-    native.close(this.#fd);
+    closeFd(this.#fd);
     this.#fd = -1;
     this.onClosed();
   }
