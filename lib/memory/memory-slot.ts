@@ -507,17 +507,33 @@ function deleteRegion(vm: Vm, slot: MemorySlot, op: string): void {
   }
 }
 
+/**
+ * A slot's hold on a file range. A class, not an object literal: a literal with a
+ * getter is built by a slow runtime path on every slot add.
+ */
+class SlotBinding implements FileBinding {
+  readonly vm: Vm;
+  readonly slot: number;
+  readonly size: bigint;
+  readonly #owner: MemorySlot;
+  constructor(
+    owner: MemorySlot,
+    readonly fileOffset: number,
+    readonly role: 'userspace' | 'private',
+  ) {
+    this.#owner = owner;
+    this.vm = owner.vm;
+    this.slot = owner.id;
+    this.size = owner.size;
+  }
+  /** Follows the slot when it moves. */
+  get guestPhysAddr(): bigint {
+    return this.#owner.guestPhysAddr;
+  }
+}
+
 function makeBinding(slot: MemorySlot, fileOffset: number, role: 'userspace' | 'private'): FileBinding {
-  return {
-    vm: slot.vm,
-    slot: slot.id,
-    get guestPhysAddr() {
-      return slot.guestPhysAddr;
-    },
-    size: slot.size,
-    fileOffset,
-    role,
-  };
+  return new SlotBinding(slot, fileOffset, role);
 }
 
 /** Adds a slot: validate, ask populate listeners (synchronously), map, kernel, then record. @internal */
