@@ -124,8 +124,13 @@ export class Vm {
   readonly slotTable = new SlotTable<MemorySlot>();
   #fd: number;
   #fdCell: FdCell;
-  readonly #files = new Set<GuestMemfd>();
-  readonly #capCache = new Map<number, number>();
+  /**
+   * Open guest_memfd files, each knowing its index (swap-remove): a Set would hash
+   * every new file and rehash as it grows and shrinks, on every create and close.
+   */
+  readonly #files: GuestMemfd[] = [];
+  /** KVM_CHECK_EXTENSION answers by capability number (small integers). */
+  readonly #capCache: Array<number | undefined> = [];
   readonly #vcpus = new Map<number, Vcpu>();
   /** Ids of vCPUs closed here: the kernel keeps a VM's vCPUs until the VM goes. */
   readonly #retiredVcpus = new Set<number>();
@@ -498,10 +503,10 @@ export class Vm {
 
   /** A VM capability, asked once: a VM's answers do not change during its life. @internal */
   cap(cap: number): number {
-    let value = this.#capCache.get(cap);
+    let value = this.#capCache[cap];
     if (value === undefined) {
       value = native.checkExtension(this.checkOpen('vm.checkExtension'), cap);
-      this.#capCache.set(cap, value);
+      this.#capCache[cap] = value;
     }
     return value;
   }
@@ -574,13 +579,20 @@ export class Vm {
 
   #adoptGuestMemfd(fd: number, size: number, flags: bigint): GuestMemfd {
     const file = GuestMemfd.create(this, fd, size, flags);
-    this.#files.add(file);
+    file.listIndex = this.#files.push(file) - 1;
     return file;
   }
 
   /** @internal */
   forgetGuestMemfd(file: GuestMemfd): void {
-    this.#files.delete(file);
+    const i = file.listIndex;
+    if (i < 0 || this.#files[i] !== file) return;
+    const last = this.#files.pop()!;
+    if (last !== file) {
+      this.#files[i] = last;
+      last.listIndex = i;
+    }
+    file.listIndex = -1;
   }
 
   /** The guest_memfd files this VM created that are still open. */
@@ -606,7 +618,7 @@ export class Vm {
     };
     for (const vcpu of [...this.#vcpus.values()]) attempt(() => vcpu.close());
     for (const slot of this.slotTable.all().reverse()) attempt(() => removeSlotSync(this, slot));
-    for (const file of [...this.#files]) attempt(() => file.close());
+    for (const file of this.#files.slice()) attempt(() => file.close());
     closed(this.#fdCell);
     native.close(this.#fd);
     this.#fd = -1;
@@ -952,7 +964,7 @@ export class Vm {
       EINVAL: 'the capability or its arguments are not supported by this VM',
     });
     // Enabling can change what the VM reports for the capability.
-    this.#capCache.delete(cap);
+    this.#capCache[cap] = undefined;
   }
 
   /** Same as `close()`. */

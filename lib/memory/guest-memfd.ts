@@ -49,6 +49,8 @@ export class GuestMemfd extends MemoryFile {
   /** The VM the file belongs to. @internal */
   readonly owner: GuestMemfdOwner;
   readonly #fdNumber: number;
+  /** Index in the VM's list of open files, -1 once forgotten. @internal */
+  listIndex = -1;
 
   /** @internal */
   static create(owner: GuestMemfdOwner, fd: number, size: number, flags: bigint): GuestMemfd {
