@@ -909,8 +909,8 @@ async function wrongReceiver(ctx) {
 
 async function freeFunctions(ctx) {
   ctx.begin();
-  ctx.mark('reject');
-  const [, v] = hostileNumber(ctx.rng);
+  const [, v, cls] = hostileNumber(ctx.rng);
+  ctx.mark(cls);
   const pick = ctx.rng.int(9);
   const cases = [
     ['loadRealMode', [v, guest.outLoop()], () => gm.loadRealMode(v, guest.outLoop())],
