@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <sched.h>
+
 #include <condition_variable>
 #include <cstring>
 #include <ctime>
@@ -44,6 +46,11 @@ static uint64_t NowNs() {
 }
 
 static void CpuRelax() { __builtin_ia32_pause(); }
+
+// Spinning hand-offs yield the core every kYieldEvery+1 pauses (a few microseconds):
+// with a core idle sched_yield returns at once, without one it runs the thread the
+// spinner waits for instead of burning its time slice.
+static constexpr uint32_t kYieldEvery = 31;
 
 // runSync() blocks its JS thread in KVM_RUN, where nothing in Node can reach it: not
 // worker.terminate(), not a timeout. One process-wide watchdog thread watches every
@@ -199,8 +206,14 @@ struct Core : std::enable_shared_from_this<Core> {
   void Loop() {
     tlsRun = run;
     for (;;) {
+      // Spin for the next request, yielding often: when no core is idle the JS thread
+      // that will make the request may be waiting for this very core.
       uint64_t deadline = NowNs() + threadSpinNs;
-      while (!RequestSeen() && NowNs() < deadline) CpuRelax();
+      uint32_t spins = 0;
+      while (!RequestSeen() && NowNs() < deadline) {
+        CpuRelax();
+        if ((++spins & kYieldEvery) == 0) sched_yield();
+      }
       if (!RequestSeen()) {
         std::unique_lock<std::mutex> lock(mu);
         sleeping.store(true, std::memory_order_seq_cst);
@@ -406,7 +419,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     while (c.state.load(std::memory_order_acquire) != Core::kDone && NowNs() < deadline) {
       CpuRelax();
       // Give the vCPU thread the core if it shares ours (no idle core).
-      if ((++spins & 1023) == 0) std::this_thread::yield();
+      if ((++spins & kYieldEvery) == 0) sched_yield();
     }
     int expected = Core::kPending;
     if (c.state.compare_exchange_strong(expected, Core::kPendingAsync, std::memory_order_acq_rel)) {

@@ -13,6 +13,7 @@
 
 import { ArgumentRangeError, ArgumentTypeError } from '../core/errors';
 import { IntervalMap, IntervalMapSnapshot } from './interval-map';
+import { guardReceivers } from '../core/receiver';
 
 /** The page size KVM_SET_MEMORY_ATTRIBUTES works in: addresses and sizes must be multiples. */
 export const PAGE_SIZE = 4096;
@@ -224,6 +225,11 @@ export class AttributeMapSnapshot {
  * ```
  */
 export class AttributeMap {
+  static {
+    guardReceivers(this, (o) => #made in o, 'attributes', 'new AttributeMap() or vm.attributes');
+  }
+  /** Brand: set by the constructor only. */
+  readonly #made = true;
   private readonly map: IntervalMap<bigint>;
   /**
    * One bigint per distinct attribute value, so a million runs share a handful of

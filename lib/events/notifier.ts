@@ -13,6 +13,7 @@
  */
 
 import { ArgumentTypeError, StateError } from '../core/errors';
+import { guardReceivers } from '../core/receiver';
 
 /** Why a range is being discarded. */
 export type InvalidationCause =
@@ -133,6 +134,9 @@ export interface Registered<E> {
  * off();
  */
 export class Notifier<E> {
+  static {
+    guardReceivers(this, (o) => #listeners in o, 'notifier', 'a file or VM');
+  }
   #listeners: Registered<E>[] = [];
   #replay: (() => E[]) | undefined;
 

@@ -6,6 +6,7 @@ import { AbortError, ArgumentRangeError, ArgumentTypeError, closedError, explain
 import { closed, track, type FdCell } from '../core/ownership';
 import { bool, options as readOptions, u64 } from '../core/validate';
 import { native, type NativeFdPoll } from '../native';
+import { guardReceivers } from '../core/receiver';
 
 /** eventfd2 flags (include/uapi/linux/eventfd.h). */
 const EFD_SEMAPHORE = 1;
@@ -89,6 +90,9 @@ function waitOptions(op: string, options: unknown): EventFdWaitOptions {
  * const count = await notify.wait();    // the guest wrote port 0x50, count times
  */
 export class EventFd {
+  static {
+    guardReceivers(this, (o) => #fd in o, 'eventfd', 'EventFd.create()');
+  }
   /** EFD_SEMAPHORE: reads take 1 at a time. */
   readonly semaphore: boolean;
   /** EFD_NONBLOCK on the fd. */

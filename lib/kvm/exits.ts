@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { ArgumentRangeError, ArgumentTypeError } from '../core/errors';
 
 /**
  * The kernel's `KVM_EXIT_*` numbers (`kvm_run.exit_reason`), include/uapi/linux/kvm.h.
@@ -108,6 +109,8 @@ const EFAULT = 14;
 const EHWPOISON = 133;
 
 const U = KvmRunOffset.exit;
+/** The fixed header and the exit union: the least a kvm_run buffer holds. */
+const KVM_RUN_MIN_SIZE = KvmRunOffset.exit + 256;
 
 /** Fields every decoded exit carries. */
 interface ExitBase {
@@ -394,6 +397,20 @@ function readU64Array(run: Buffer, offset: number, n: number): bigint[] {
  * - any other nonzero errno: `'error'`.
  */
 export function decodeExit(run: Buffer, errno: number): VcpuExit {
+  if (!Buffer.isBuffer(run) || run.length < KVM_RUN_MIN_SIZE)
+    throw new ArgumentTypeError(
+      'ERR_INVALID_ARG_TYPE',
+      `decodeExit: run must be a Buffer over a vCPU's kvm_run mapping (at least ${KVM_RUN_MIN_SIZE} bytes), got ${
+        Buffer.isBuffer(run) ? `${run.length} bytes` : run === null ? 'null' : `a ${typeof run}`
+      }`,
+    );
+  if (!Number.isInteger(errno) || errno < 0 || errno > 4095)
+    throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `decodeExit: errno must be an integer 0..4095, got ${String(errno)}`);
+  return decodeRun(run, errno);
+}
+
+/** {@link decodeExit} without the argument checks: the vCPU's own mapping. @internal */
+export function decodeRun(run: Buffer, errno: number): VcpuExit {
   const raw = run.readUInt32LE(KvmRunOffset.exitReason);
   if (errno !== 0) {
     if (errno === EINTR) return { reason: 'intr', rawReason: raw };

@@ -9,6 +9,7 @@ import { options as readOptions, oneOf, uint, given } from '../core/validate';
 import { decodeCpuid, type CpuidEntry } from './cpuid';
 import { checkMsrIndices, msrEntries, MsrError, type MsrEntry } from './msr';
 import { Vm } from './vm';
+import { guardReceivers } from '../core/receiver';
 
 /** The path `Kvm.open()` uses: `$GMEM_KVM_PATH`, else `/dev/kvm`. */
 export function defaultKvmPath(): string {
@@ -31,6 +32,9 @@ export interface CreateVmOptions {
  * if (kvm.checkExtension(Cap.GuestMemfd)) { using vm = kvm.createVm(); }
  */
 export class Kvm {
+  static {
+    guardReceivers(this, (o) => #fd in o, 'kvm', 'Kvm.open()');
+  }
   /** The path that was opened. */
   readonly path: string;
   /** KVM_GET_API_VERSION (12 on every kernel since 2.6.22). */

@@ -5,6 +5,7 @@
  */
 import { ArgumentRangeError, ArgumentTypeError } from '../core/errors';
 import { hex, uint } from '../core/validate';
+import { guardReceivers } from '../core/receiver';
 
 /** Size of struct kvm_lapic_state (KVM_APIC_REG_SIZE). */
 export const LAPIC_STATE_SIZE = 1024;
@@ -124,6 +125,9 @@ const SVR_ENABLE = 1 << 8;
  * vcpu.setLapic(lapic);                              // KVM_SET_LAPIC
  */
 export class LapicState {
+  static {
+    guardReceivers(this, (o) => #bits in o, 'lapic', 'vcpu.getLapic()');
+  }
   /** The register page, little-endian 32-bit registers at their xAPIC offsets. */
   readonly bytes: Buffer;
 

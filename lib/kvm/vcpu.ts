@@ -4,7 +4,7 @@
  */
 import { Cap, capName, Hypercall } from '../core/caps';
 import { AbortError, ArgumentRangeError, ArgumentTypeError, closedError, explain, KvmError, StateError, TimeoutError, UnsupportedError } from '../core/errors';
-import { decodeExit, type HypercallExit, type IoExit, type MemoryFaultExit, type MmioExit, type VcpuExit } from './exits';
+import { decodeRun, type HypercallExit, type IoExit, type MemoryFaultExit, type MmioExit, type VcpuExit } from './exits';
 import type { KvmDtable, KvmSegment } from '../guest/programs';
 import { MemoryView, ViewSet } from '../memory/memory-view';
 import { native, type NativeVcpuRunner } from '../native';
@@ -16,6 +16,7 @@ import { LAPIC_STATE_SIZE, LapicState } from './lapic';
 import { encodeGuestDebug, type GuestDebugOptions } from './guest-debug';
 import { hex, PAGE_SIZE, u64, uint } from '../core/validate';
 import type { Vm } from './vm';
+import { guardReceivers } from '../core/receiver';
 
 /** General purpose registers (struct kvm_regs), 64-bit fields as bigint. */
 export interface Regs {
@@ -338,6 +339,9 @@ export function encodeSregs(s: Sregs, b: Buffer = Buffer.alloc(SREGS_SIZE)): Buf
  * if (exit.reason === 'io') console.log(exit.port, exit.data);
  */
 export class Vcpu {
+  static {
+    guardReceivers(this, (o) => #fd in o, 'vcpu', 'vm.createVcpu()');
+  }
   /** The VM. */
   readonly vm: Vm;
   /** The vCPU id (APIC id). */
@@ -453,7 +457,7 @@ export class Vcpu {
     if (errno !== 0)
       throw explain(new KvmError({ errno, syscall: 'ioctl', ioctl: 'KVM_RUN' }), `${op}: completing the previous exit`);
     // The instruction went on to another exit (string I/O that needs more rounds).
-    const exit = decodeExit(this.#run, 0);
+    const exit = decodeRun(this.#run, 0);
     this.#needsCompletion = COMPLETED_ON_NEXT_RUN.has(exit.rawReason);
     throw Object.assign(
       new StateError(
@@ -780,7 +784,7 @@ export class Vcpu {
   }
 
   #decode(errno: number, op: string): VcpuExit {
-    const exit = decodeExit(this.#run, errno);
+    const exit = decodeRun(this.#run, errno);
     this.#needsCompletion = COMPLETED_ON_NEXT_RUN.has(exit.rawReason) && errno === 0;
     if (exit.reason === 'error') {
       this.#needsCompletion = false;

@@ -63,6 +63,7 @@ import {
   type IrqfdBinding,
   type IrqfdOptions,
 } from './eventfd-bindings';
+import { guardReceivers, invalidThis } from '../core/receiver';
 
 
 // Hot calls bound once: a load from the addon's exports object costs more than the call.
@@ -103,6 +104,9 @@ interface ReservedRange {
  * whole setup.
  */
 export class Vm {
+  static {
+    guardReceivers(this, (o) => #fd in o, 'vm', 'kvm.createVm()', ['checkExtension']);
+  }
   /** The KVM device this VM was created from. */
   readonly kvm: Kvm;
   /** The VM type it was created with. */
@@ -469,6 +473,7 @@ export class Vm {
    * depend on the VM type), so ask the VM.
    */
   checkExtension(cap: number): number {
+    if (typeof this !== 'object' || this === null || !(#fd in this)) throw invalidThis('vm.checkExtension', 'Vm', 'kvm.createVm()', this);
     const c = uint(cap, 'vm.checkExtension', 'cap', 0xffffffff);
     return checkExtension(this.checkOpen('vm.checkExtension'), c);
   }

@@ -3,7 +3,12 @@
  * significant bit first in 64-bit words, as the kernel writes them.
  */
 
-import { ArgumentRangeError } from '../core/errors';
+import { ArgumentRangeError, ArgumentTypeError } from '../core/errors';
+import { u64, uint } from '../core/validate';
+
+/** Pages a bitmap may cover: a slot's page count fits in 32 bits. */
+const MAX_PAGES = 0xffffffff;
+import { guardReceivers } from '../core/receiver';
 
 /** A dirty page: its index in the slot and its guest physical address. */
 export interface DirtyPage {
@@ -21,6 +26,11 @@ export interface DirtyPage {
  * for (const page of log) console.log(page.guestPhysAddr);
  */
 export class DirtyBitmap implements Iterable<DirtyPage> {
+  static {
+    guardReceivers(this, (o) => #made in o, 'bitmap', 'slot.getDirtyLog() or new DirtyBitmap()');
+  }
+  /** Brand: set by the constructor only. */
+  readonly #made = true;
   /** First guest physical address of the slot. */
   readonly guestPhysAddr: bigint;
   /** Number of pages the bitmap covers. */
@@ -32,17 +42,23 @@ export class DirtyBitmap implements Iterable<DirtyPage> {
 
   /** Wraps `words` (default: a zeroed bitmap) for `pages` pages of `pageSize` bytes from `guestPhysAddr`. */
   constructor(guestPhysAddr: bigint, pages: number, pageSize: number, words?: BigUint64Array) {
-    this.guestPhysAddr = guestPhysAddr;
-    this.pages = pages;
-    this.pageSize = pageSize;
-    this.words = words ?? DirtyBitmap.allocate(pages);
-    if (this.words.length * 64 < pages)
-      throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `DirtyBitmap: words (${this.words.length}) cannot hold ${pages} pages`);
+    const op = 'new DirtyBitmap';
+    this.guestPhysAddr = u64(guestPhysAddr, op, 'guestPhysAddr');
+    this.pages = uint(pages, op, 'pages', MAX_PAGES);
+    const size = uint(pageSize, op, 'pageSize', 2 ** 30);
+    if (size === 0 || (size & (size - 1)) !== 0)
+      throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: pageSize ${size} is not a power of two`);
+    this.pageSize = size;
+    if (words !== undefined && !(words instanceof BigUint64Array))
+      throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: words must be a BigUint64Array or undefined`);
+    this.words = words ?? DirtyBitmap.allocate(this.pages);
+    if (this.words.length * 64 < this.pages)
+      throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: words (${this.words.length}) cannot hold ${this.pages} pages`);
   }
 
   /** A zeroed bitmap of the size the kernel expects for `pages` pages. */
   static allocate(pages: number): BigUint64Array {
-    return new BigUint64Array(Math.ceil(pages / 64));
+    return new BigUint64Array(Math.ceil(uint(pages, 'DirtyBitmap.allocate', 'pages', MAX_PAGES) / 64));
   }
 
   /** True if page `index` is dirty. */

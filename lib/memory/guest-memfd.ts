@@ -6,6 +6,7 @@ import { StateError } from '../core/errors';
 import { FALLOC_FL_KEEP_SIZE, MemoryFile } from './memory-file';
 import { native } from '../native';
 import type { FdCell } from '../core/ownership';
+import { guardReceivers } from '../core/receiver';
 
 /** Options of `vm.createGuestMemfd`. */
 export interface GuestMemfdOptions {
@@ -40,6 +41,9 @@ export interface GuestMemfdOwner {
  * await gmem.punchHole(0, 4096); // view.buffer[0] === 0
  */
 export class GuestMemfd extends MemoryFile {
+  static {
+    guardReceivers(this, (o) => #fdNumber in o, 'guestMemfd', 'vm.createGuestMemfd()');
+  }
   /** The GUEST_MEMFD_FLAG_* bits the file was created with. */
   readonly flags: bigint;
   /** The VM the file belongs to. @internal */

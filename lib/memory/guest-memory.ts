@@ -6,6 +6,7 @@ import { ArgumentRangeError, ArgumentTypeError, StateError } from '../core/error
 import type { MemorySlot } from './memory-slot';
 import type { SlotTable } from './slot-table';
 import { hex, u64 } from '../core/validate';
+import { guardReceivers } from '../core/receiver';
 
 /** The VM parts guest memory access needs. @internal */
 export interface GuestMemoryHost {
@@ -25,6 +26,9 @@ export interface GuestMemoryHost {
  * vm.memory.read(0x1000n, 1);                       // <Buffer f4>
  */
 export class GuestMemory {
+  static {
+    guardReceivers(this, (o) => #host in o, 'memory', 'vm.memory');
+  }
   readonly #host: GuestMemoryHost;
 
   /** @internal */

@@ -12,6 +12,7 @@ import type { MemorySlot, MemorySlotOptions } from './memory-slot';
 import { renderTable } from '../tools/table';
 import { hex } from '../core/validate';
 import type { Vm } from '../kvm/vm';
+import { guardReceivers } from '../core/receiver';
 
 // Every unit is binary: K, KB and KiB all mean 1024 (the kernel's own spelling of
 // huge page sizes, "2MB", means 2 MiB too).
@@ -182,6 +183,11 @@ export function renderMemoryMap(entries: readonly MemoryMapEntry[]): string {
  * A layout built on a VM: its files and slots by name.
  */
 export class MemoryLayout {
+  static {
+    guardReceivers(this, (o) => #made in o, 'layout', 'createMemoryLayout()');
+  }
+  /** Brand: set by the constructor only. */
+  readonly #made = true;
   /** The VM the layout lives in. */
   readonly vm: Vm;
   /** Files by name. */

@@ -6,6 +6,7 @@ import { ArgumentRangeError, ArgumentTypeError, explain, StateError } from '../c
 import { MemoryFile } from './memory-file';
 import { native } from '../native';
 import { bool, fileNumber, hex, oneOf, options as readOptions, given } from '../core/validate';
+import { guardReceivers } from '../core/receiver';
 
 const MFD_ALLOW_SEALING = 0x0002;
 const MFD_HUGETLB = 0x0004;
@@ -71,6 +72,9 @@ export interface MemfdOptions {
  * const view = ram.map();
  */
 export class Memfd extends MemoryFile {
+  static {
+    guardReceivers(this, (o) => #fdNumber in o, 'memfd', 'Memfd.create()');
+  }
   /** The name given at creation (`memfd:NAME` in /proc/self/fd). */
   readonly name: string;
   /** Huge page size, for hugetlb memfds. */
@@ -79,6 +83,8 @@ export class Memfd extends MemoryFile {
   readonly secret: boolean;
   readonly #fdNumber: number;
   #shrinkSealed = false;
+  /** F_SEAL_WRITE or F_SEAL_FUTURE_WRITE was added through {@link Memfd.seal}. */
+  #writeSealed = false;
 
   private constructor(fd: number, name: string, hugetlb: HugePageSize | undefined, secret: boolean) {
     super(fd, 0);
@@ -163,6 +169,11 @@ export class Memfd extends MemoryFile {
   }
 
   /** @internal */
+  protected override get mapReasons(): Partial<Record<string, string>> {
+    return { EPERM: 'the memfd is sealed against writes (F_SEAL_WRITE or F_SEAL_FUTURE_WRITE), perhaps by another process holding its fd' };
+  }
+
+  /** @internal */
   protected get allocateMode(): number {
     return 0;
   }
@@ -172,6 +183,11 @@ export class Memfd extends MemoryFile {
    * are free; reserve them now so the failure is an error instead. @internal
    */
   protected prepareMap(offset: number, length: number): void {
+    if (this.#writeSealed)
+      throw new StateError(
+        'ERR_SEALED',
+        `memfd.map: ${this.description} is sealed against writes (F_SEAL_WRITE or F_SEAL_FUTURE_WRITE), and views are shared writable mappings`,
+      );
     if (!this.hugetlb) return;
     const g = this.granule;
     if (offset % g !== 0 || length % g !== 0)
@@ -189,7 +205,18 @@ export class Memfd extends MemoryFile {
     }
   }
 
+  #refuseSecret(op: string, what: string): void {
+    if (this.secret)
+      throw new StateError('ERR_SECRET_MEMFD', `${op}: ${this.description} is a memfd_secret file, which ${what}`);
+  }
+
+  protected override checkAllocate(op: string): void {
+    this.#refuseSecret(op, 'has no fallocate: its pages are allocated when first touched through a view');
+  }
+
   private resize(size: number): void {
+    if (this.size !== 0 && size !== this.size)
+      this.#refuseSecret(`memfd.truncate(${hex(size)})`, 'keeps the size it was first given (secretmem refuses a second size change)');
     try {
       native.ftruncate(this.fd, size);
     } catch (e) {
@@ -212,7 +239,9 @@ export class Memfd extends MemoryFile {
     if (n % this.granule !== 0)
       throw new ArgumentRangeError('ERR_UNALIGNED', `${op}: size ${hex(n)} is not a multiple of ${this.granule} bytes`);
     const old = this.size;
-    if (n >= old) return this.resize(n);
+    if (n === old) return;
+    if (n > old) return this.resize(n);
+    this.#refuseSecret(op, 'keeps the size it was first given (secretmem refuses a second size change)');
     if (this.#shrinkSealed)
       throw new StateError(
         'ERR_SEALED',
@@ -251,10 +280,16 @@ export class Memfd extends MemoryFile {
    * hole would then fault with SIGBUS once another user takes them. @internal
    */
   protected override get guardsDiscards(): boolean {
-    return this.hugetlb !== undefined;
+    return this.hugetlb !== undefined || this.secret || this.#writeSealed;
   }
 
   protected override checkDiscard(op: string, offset: number, length: number): void {
+    this.#refuseSecret(op, 'has no fallocate: its pages cannot be punched (they are freed when the file is closed)');
+    if (this.#writeSealed)
+      throw new StateError(
+        'ERR_SEALED',
+        `${op}: ${this.description} is sealed against writes (F_SEAL_WRITE or F_SEAL_FUTURE_WRITE): punching would change its contents`,
+      );
     if (!this.hugetlb) return;
     for (const v of this.views.reachableRanges())
       if (v.offset < offset + length && offset < v.offset + v.length)
@@ -272,9 +307,14 @@ export class Memfd extends MemoryFile {
       throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `${op}: seals must be an array of seal names`);
     let bits = 0;
     for (const [i, s] of seals.entries()) bits |= Seal[oneOf(s, Object.keys(Seal) as SealName[], op, `seals[${i}]`)];
+    this.#refuseSecret(op, 'cannot be sealed (only memfd_create files can)');
     try {
       native.addSeals(fd, bits);
       if (bits & Seal.shrink) this.#shrinkSealed = true;
+      if (bits & (Seal.write | Seal['future-write'])) {
+        this.#writeSealed = true;
+        this.relearn();
+      }
     } catch (e) {
       throw explain(e, `${op}([${seals.join(', ')}]) of ${this.description}`, {
         EPERM: 'the memfd was created without allowSealing, or F_SEAL_SEAL is already set',
@@ -285,7 +325,10 @@ export class Memfd extends MemoryFile {
 
   /** The seals in force (F_GET_SEALS), by name. */
   get seals(): SealName[] {
-    const bits = native.getSeals(this.checkOpen('memfd.seals'));
+    const fd = this.checkOpen('memfd.seals');
+    // memfd_secret files take no seals (F_GET_SEALS fails with EINVAL): none are in force.
+    if (this.secret) return [];
+    const bits = native.getSeals(fd);
     return (Object.keys(Seal) as SealName[]).filter((name) => (bits & Seal[name]) !== 0);
   }
 }

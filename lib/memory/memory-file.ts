@@ -19,6 +19,7 @@ import {
   type InvalidationCause,
 } from '../events/notifier';
 import { fileNumber, hex } from '../core/validate';
+import { guardReceivers, invalidThis } from '../core/receiver';
 
 /** fallocate(2) mode bits. @internal */
 export const FALLOC_FL_KEEP_SIZE = 0x01;
@@ -56,6 +57,9 @@ const { fallocate, close: closeFd } = native;
  * Base class of {@link GuestMemfd} and {@link Memfd}. Not constructed directly.
  */
 export abstract class MemoryFile {
+  static {
+    guardReceivers(this, (o) => #fd in o, 'file', 'Memfd.create() or vm.createGuestMemfd()', ['punchHole']);
+  }
   #fd: number;
   #fdCell: FdCell;
   #bindings: Set<FileBinding> | undefined;
@@ -121,6 +125,14 @@ export abstract class MemoryFile {
   /** True when checkDiscard has something to check (the punch fast path skips it otherwise). @internal */
   protected get guardsDiscards(): boolean {
     return false;
+  }
+
+  /** Refuses an allocation the file cannot make. @internal */
+  protected checkAllocate(_op: string): void {}
+
+  /** Forgets what the punch fast path learnt (after a change of `guardsDiscards`). @internal */
+  protected relearn(): void {
+    this.#hot = { granule: 0, guards: false };
   }
 
   /** Checks that mapping this range cannot SIGBUS, preparing it if needed. @internal */
@@ -244,6 +256,7 @@ export abstract class MemoryFile {
     const op = `${this.kind}.allocate`;
     const fd = this.checkOpen(op);
     const [o, n] = this.range(op, offset, length);
+    this.checkAllocate(op);
     try {
       native.fallocate(fd, this.allocateMode, o, n);
     } catch (e) {
@@ -261,6 +274,8 @@ export abstract class MemoryFile {
    * `invalidateStart` before the punch and `invalidateEnd` after it.
    */
   punchHole(offset: number | bigint, length: number | bigint): Promise<void> {
+    if (typeof this !== 'object' || this === null || !(#fd in this))
+      return Promise.reject(invalidThis('file.punchHole', 'MemoryFile', 'Memfd.create() or vm.createGuestMemfd()', this));
     // The common case without the general path's allocations: open, unobserved,
     // plain numbers that pass the same rule range() applies.
     if (
@@ -306,7 +321,9 @@ export abstract class MemoryFile {
     try {
       fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
     } catch (e) {
-      throw explain(e, `${this.kind}.punchHole(${hex(offset)}, ${hex(length)})`);
+      throw explain(e, `${this.kind}.punchHole(${hex(offset)}, ${hex(length)})`, {
+        EPERM: 'the file is sealed against writes (F_SEAL_WRITE or F_SEAL_FUTURE_WRITE), perhaps by another process holding its fd',
+      });
     }
   }
 

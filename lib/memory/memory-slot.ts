@@ -23,6 +23,7 @@ import {
 } from '../events/notifier';
 import { bool, fileNumber, hex, options as readOptions, PAGE_SIZE, u64, uint, given } from '../core/validate';
 import type { Vm } from '../kvm/vm';
+import { guardReceivers } from '../core/receiver';
 
 /** The largest Buffer Node allows (4 GiB on Node 20). */
 const MAX_BUFFER = 2 ** 32;
@@ -126,6 +127,9 @@ type Userspace = SlotUserspace;
  * `vm.removeMemorySlot`. While it exists its backings cannot be unmapped or closed.
  */
 export class MemorySlot {
+  static {
+    guardReceivers(this, (o) => #removed in o, 'slot', 'vm.addMemorySlot()');
+  }
   /** The VM. */
   readonly vm: Vm;
   /** Slot id within its address space. */

@@ -5,6 +5,7 @@ import { ArgumentRangeError, explain, StateError, UnsupportedError } from '../co
 import { fileNumber, hex, PAGE_SIZE } from '../core/validate';
 import { native, type NativeMapping } from '../native';
 import { checkPolicy, maskNodes, MemoryPolicyMode, modeName, nodeMask, type MemoryPolicy, type MemoryPolicyModeName } from './numa';
+import { guardReceivers } from '../core/receiver';
 
 const EMPTY = Buffer.alloc(0);
 
@@ -151,6 +152,9 @@ export class ViewSet {
  * view.buffer.write('hello');
  */
 export class MemoryView {
+  static {
+    guardReceivers(this, (o) => #id in o, 'view', 'file.map()');
+  }
   /** Offset of the view in its file (0 for anonymous memory). */
   readonly offset: number;
   /** Length of the view in bytes. */
