@@ -141,14 +141,22 @@ async function rawRegion(ctx) {
   if (region.flags === 0 && region.guestPhysAddr === 0x100000 && region.memorySize === PAGE) region.memorySize = 1;
   if (region.memorySize === 0) region.guestPhysAddr = 1;
   const keys = Object.keys(region);
+  let replaced = false;
   if (ctx.hostile()) {
     const [, value, cls] = hostileNumber(ctx.rng);
     region[ctx.rng.pick(keys)] = value;
     ctx.mark(cls);
+    replaced = true;
   }
   ctx.mark('odd');
   const r = await ctx.call(`${v.label}.setUserMemoryRegion2`, [region], () => v.obj.setUserMemoryRegion2(region), { target: v });
-  ctx.check(!r.ok, `setUserMemoryRegion2 accepted an invalid region ${fmt(region)}`);
+  // A replaced field can make the region valid (e.g. GPA 1 -> 0n): the kernel then has a
+  // slot the library does not track; delete it again (size 0) so the model stays true.
+  if (r.ok && replaced) {
+    const del = { ...region, memorySize: 0 };
+    const d = await ctx.call(`${v.label}.setUserMemoryRegion2`, [del], () => v.obj.setUserMemoryRegion2(del), { target: v });
+    ctx.check(d.ok, `deleting raw slot ${fmt(region.slot)} failed`);
+  } else ctx.check(!r.ok, `setUserMemoryRegion2 accepted an invalid region ${fmt(region)}`);
 }
 
 async function closeKvmOrVm(ctx) {
