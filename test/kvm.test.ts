@@ -1,6 +1,6 @@
 // The KVM system fd and VM objects on the real /dev/kvm.
 import { describe, expect, test } from 'vitest';
-import { Cap, Kvm, KvmError, UnsupportedError, StateError, VmType, type VmTypeName } from '../lib/index';
+import { Cap, capName, Kvm, KvmError, UnsupportedError, StateError, VmType, type VmTypeName } from '../lib/index';
 import { findVmType, titleWithReason } from '../lib/testing/index';
 import { codeOf, kvmPath, needsKvm, noKvm, openFds } from './helpers';
 import { runs } from './runs';
@@ -9,6 +9,16 @@ import { runs } from './runs';
 const CYCLES = runs(1000);
 
 const { type: gmemType, reason: gmemReason } = findVmType({ guestMemfd: true });
+
+test('capName names capabilities and refuses what is no capability number', () => {
+  expect(capName(Cap.GuestMemfd)).toBe('KVM_CAP_GUEST_MEMFD');
+  expect(capName(BigInt(Cap.GuestMemfd) as unknown as number)).toBe('KVM_CAP_GUEST_MEMFD');
+  expect(capName(9999)).toBe('KVM_CAP_9999');
+  for (const bad of ['toString', '__proto__', null, undefined, {}, [], true])
+    expect(codeOf(() => capName(bad as unknown as number)), String(bad)).toBe('ERR_INVALID_ARG_TYPE');
+  for (const bad of [-1, 1.5, NaN, Infinity, 2 ** 32, -1n])
+    expect(codeOf(() => capName(bad as unknown as number)), String(bad)).toBe('ERR_OUT_OF_RANGE');
+});
 
 describe('Kvm.open failures (no KVM needed)', () => {
   test('a missing device is a KvmError ENOENT with advice', () => {

@@ -62,6 +62,32 @@ describe('Notifier (pure)', () => {
     expect(w.message).toMatch(/invalidateEnd.*oops/);
   });
 
+  test('an async onError that rejects becomes a warning, not an unhandled rejection', async () => {
+    const n = Notifier.create<string>();
+    n.onError = async () => {
+      await Promise.resolve();
+      throw new Error('handler rejects');
+    };
+    n.register({ invalidateStart: () => { throw new Error('listener fails'); } });
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown) => void unhandled.push(e);
+    process.on('unhandledRejection', onUnhandled);
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => void warnings.push(w.message);
+    process.on('warning', onWarning);
+    try {
+      const { invalidate } = await import('../lib/events/notifier');
+      await invalidate([[n, 'x']], () => undefined);
+      for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+      expect(unhandled).toEqual([]);
+      expect(warnings.some((w) => /listener fails/.test(w))).toBe(true);
+      expect(warnings.some((w) => /onError threw.*handler rejects/.test(w))).toBe(true);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+      process.off('warning', onWarning);
+    }
+  });
+
   test('invalidateEnd runs even when the operation fails, and the failure propagates', async () => {
     const n = Notifier.create<string>();
     const ends: string[] = [];

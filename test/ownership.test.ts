@@ -65,6 +65,32 @@ test('dropped setups whose slots map memfds are collected: every fd and mapping 
   expect(after).toEqual(before);
 });
 
+test('a vCPU dropped after an I/O exit is collected with its kvm_run mapping (the decoder caches its data view weakly)', async () => {
+  const r = await child(`
+    const gm = require(process.cwd());
+    ${counts}
+    function drop(sync) {
+      const kvm = gm.Kvm.open();
+      const vm = kvm.createVm();
+      vm.addMemorySlot({ guestPhysAddr: 0, size: 0x10000, userspace: 'anonymous' });
+      const vcpu = vm.createVcpu(0);
+      gm.loadRealMode(vcpu, gm.guest.outLoop(0x3f8));
+      return sync ? vcpu.runSync().reason : vcpu.run().then((e) => e.reason);
+    }
+    (async () => {
+      await settle();
+      const before = counts();
+      const reasons = [drop(true), await drop(false)];
+      await settle();
+      console.log(JSON.stringify({ reasons, before, after: counts() }));
+    })();
+  `);
+  expect(r).toMatchObject({ code: 0, signal: null });
+  const { reasons, before, after } = JSON.parse(r.out.trim().split('\n').pop()!);
+  expect(reasons).toEqual(['io', 'io']);
+  expect(after).toEqual(before);
+});
+
 // All four cases in one child process (a process start is expensive under emulation);
 // a crash in any of them kills the child and fails the test.
 const jobs = [

@@ -1,3 +1,5 @@
+import { ArgumentRangeError, ArgumentTypeError } from './errors';
+
 /**
  * KVM capability numbers (include/uapi/linux/kvm.h) and the decoding of everything
  * guest-memory related that KVM_CHECK_EXTENSION reports.
@@ -100,9 +102,18 @@ const capKernelNames: Record<number, string> = {
   244: 'KVM_CAP_GUEST_MEMFD_FLAGS',
 };
 
-/** The kernel's name for a capability number, e.g. `'KVM_CAP_GUEST_MEMFD'`. */
+/**
+ * The kernel's name for a capability number, e.g. `'KVM_CAP_GUEST_MEMFD'`
+ * (`'KVM_CAP_<n>'` for one this library does not name). `cap` must be an integer
+ * 0..2^32-1 (a number or bigint).
+ */
 export function capName(cap: number): string {
-  return capKernelNames[cap] ?? `KVM_CAP_${cap}`;
+  if (typeof cap !== 'number' && typeof cap !== 'bigint')
+    throw new ArgumentTypeError('ERR_INVALID_ARG_TYPE', `capName: cap must be a number, got a value of type ${cap === null ? 'null' : typeof cap}`);
+  const n = Number(cap);
+  if (!Number.isInteger(n) || n < 0 || n > 0xffffffff)
+    throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `capName: cap ${String(cap)} is not a capability number (an integer 0..2^32-1)`);
+  return Object.hasOwn(capKernelNames, n) ? capKernelNames[n]! : `KVM_CAP_${n}`;
 }
 
 /** guest_memfd creation flags (`GUEST_MEMFD_FLAG_*`). */

@@ -255,9 +255,7 @@ export class Notifier<E> {
    * default warning. Never throws. @internal
    */
   report(error: unknown, phase: 'invalidateStart' | 'invalidateEnd' | 'populate', event: E): void {
-    try {
-      this.onError(error, phase, event);
-    } catch (handlerError) {
+    const failed = (handlerError: unknown) => {
       try {
         defaultErrorHandler(error, phase);
         process.emitWarning(`the notifier's onError threw while reporting the ${phase} failure: ${describeError(handlerError)}`, {
@@ -267,6 +265,15 @@ export class Notifier<E> {
       } catch {
         // Nothing left to report with.
       }
+    };
+    try {
+      const result: unknown = this.onError(error, phase, event);
+      // An async onError: its rejection is reported the same way, never left unhandled
+      // (an unhandled rejection ends the process).
+      if (result !== null && typeof result === 'object' && typeof (result as PromiseLike<unknown>).then === 'function')
+        Promise.resolve(result).then(undefined, failed);
+    } catch (handlerError) {
+      failed(handlerError);
     }
   }
 }

@@ -353,22 +353,25 @@ class HypercallExitImpl implements HypercallExit {
  * offset of its own mapping and most exits move the same number of bytes, so a
  * vCPU looping on I/O gets the same Buffer back instead of a new subarray per
  * exit (a subarray costs about as much as the rest of the decode). It only ever
- * aliases `run`, so its contents are always the current exit's.
+ * aliases `run`, so its contents are always the current exit's. Held weakly: the
+ * view keeps the kvm_run mapping alive, and a vCPU dropped without close() must
+ * still have its mapping released when it is collected.
  */
-let ioCacheRun: Buffer | undefined;
+let ioCacheRun: WeakRef<Buffer> | undefined;
 let ioCacheOffset = -1;
 let ioCacheLength = -1;
-let ioCacheView: Buffer | undefined;
+let ioCacheView: WeakRef<Buffer> | undefined;
 
 function ioData(run: Buffer, offset: number, length: number): Buffer {
-  if (run === ioCacheRun && offset === ioCacheOffset && length === ioCacheLength && ioCacheView !== undefined) {
-    return ioCacheView;
+  if (offset === ioCacheOffset && length === ioCacheLength && ioCacheRun?.deref() === run) {
+    const cached = ioCacheView?.deref();
+    if (cached !== undefined) return cached;
   }
   const view = run.subarray(offset, offset + length);
-  ioCacheRun = run;
+  ioCacheRun = new WeakRef(run);
   ioCacheOffset = offset;
   ioCacheLength = length;
-  ioCacheView = view;
+  ioCacheView = new WeakRef(view);
   return view;
 }
 
