@@ -1,4 +1,6 @@
 {
+  # sanitize=1 (scripts/build-asan.mjs passes -Dsanitize=1): an ASan+UBSan build.
+  "variables": {"sanitize%": 0},
   "targets": [
     {
       "target_name": "guest_memfd",
@@ -22,7 +24,14 @@
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
       "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-O2"],
-      "libraries": ["-lpthread"]
+      "libraries": ["-lpthread"],
+      "conditions": [
+        ["sanitize==1", {
+          "cflags_cc!": ["-O2"],
+          "cflags_cc": ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g", "-O1"],
+          "ldflags": ["-fsanitize=address,undefined"]
+        }]
+      ]
     }
   ]
 }

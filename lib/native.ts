@@ -34,6 +34,8 @@ export interface NativeFdPoll {
 /** @internal */
 export interface NativeBinding {
   readonly pageSize: number;
+  /** Sanitizer builds only: LeakSanitizer's check now (reports go to its log); 1 if it found leaks. */
+  sanitizerLeakCheck?(): number;
   setErrorFactory(factory: (errno: number, syscall: string, ioctl: string | undefined) => Error): void;
 
   close(fd: number): boolean;

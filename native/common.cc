@@ -84,7 +84,9 @@ Napi::Value CpuidTable(Napi::Env env, int fd, unsigned long request, const char*
     }
     uint32_t count = std::min(table->nent, n);
     Napi::Uint32Array out = Napi::Uint32Array::New(env, static_cast<size_t>(count) * 10);
-    memcpy(out.Data(), buf.data() + sizeof(kvm_cpuid2), static_cast<size_t>(count) * sizeof(kvm_cpuid_entry2));
+    // An empty table (a vCPU before KVM_SET_CPUID2) gives an array without storage:
+    // Data() is null, and memcpy's pointers must not be, even for 0 bytes.
+    if (count) memcpy(out.Data(), buf.data() + sizeof(kvm_cpuid2), static_cast<size_t>(count) * sizeof(kvm_cpuid_entry2));
     return out;
   }
   return ThrowErrno(env, E2BIG, "ioctl", name);

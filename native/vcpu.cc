@@ -581,7 +581,8 @@ static Napi::Value SetCpuid(const Napi::CallbackInfo& info) {
   std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2), 0);
   auto* table = reinterpret_cast<kvm_cpuid2*>(buf.data());
   table->nent = static_cast<uint32_t>(n);
-  memcpy(buf.data() + sizeof(kvm_cpuid2), array.As<Napi::Uint32Array>().Data(), n * sizeof(kvm_cpuid_entry2));
+  // An empty Uint32Array may have no storage (Data() null): memcpy then must not be called.
+  if (n) memcpy(buf.data() + sizeof(kvm_cpuid2), array.As<Napi::Uint32Array>().Data(), n * sizeof(kvm_cpuid_entry2));
   if (ioctl(fd, KVM_SET_CPUID2, table) != 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_SET_CPUID2");
   return info.Env().Undefined();
 }

@@ -40,6 +40,13 @@ test('createVcpu({ cpuid: false }) leaves the kernel\'s empty table; setCpuid in
   expect(findCpuid(vcpu.getCpuid(), 0x40000000)).toMatchObject({ eax: 0x40000001, ebx: 0x4b4d564b });
 });
 
+test('an empty table reads and installs as empty (no copy from or into an array without storage)', ({ vm }) => {
+  const vcpu = vm.createVcpu(0, { cpuid: false });
+  expect(vcpu.getCpuid()).toEqual([]);
+  vcpu.setCpuid([]);
+  expect(vcpu.getCpuid()).toEqual([]);
+});
+
 test('setCpuid checks every entry before the ioctl', ({ vm }) => {
   const vcpu = vm.createVcpu(0, { cpuid: false });
   expect(() => vcpu.setCpuid('x' as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
