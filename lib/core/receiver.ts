@@ -87,13 +87,13 @@ export function guardReceivers(
       if (get) {
         d.get = function (this: unknown): unknown {
           if (!test(this)) throw invalidThis(op, className, madeBy, this);
-          return Reflect.apply(get, this, []);
+          return get.call(this);
         };
       }
       if (set) {
         d.set = function (this: unknown, value: unknown): void {
           if (!test(this)) throw invalidThis(op, className, madeBy, this);
-          Reflect.apply(set, this, [value]);
+          set.call(this, value);
         };
       }
       if (!get && !set) continue;

@@ -84,6 +84,11 @@ export abstract class MemoryFile {
     return (this.#notifier ??= Notifier.create(() => this.populatedRanges()));
   }
 
+  /** True when a listener is registered on this file (without creating the notifier). @internal */
+  get listened(): boolean {
+    return this.#notifier !== undefined && this.#notifier.size > 0;
+  }
+
   /** The slots using this file. @internal */
   get bindings(): Set<FileBinding> {
     return (this.#bindings ??= new Set());

@@ -537,8 +537,15 @@ function makeBinding(slot: MemorySlot, fileOffset: number, role: 'userspace' | '
 }
 
 /** Adds a slot: validate, ask populate listeners (synchronously), map, kernel, then record. @internal */
+/** True when nobody can hear a slot-wide event: no listener on the VM or either backing. */
+function unheard(vm: Vm, userspace: MemoryFile | null, guestMemfd: MemoryFile | undefined): boolean {
+  return vm.notifier.size === 0 && !(userspace?.listened ?? false) && !(guestMemfd?.listened ?? false);
+}
+
 export function addSlot(vm: Vm, options: MemorySlotOptions): MemorySlot {
   const plan = planSlot(vm, options);
+  // The common case: no listener anywhere, no event to build.
+  if (unheard(vm, plannedUserspace(plan).file, plan.guestMemfd?.file)) return commitSlot(vm, plan);
   const populating = slotDeliveries(vm, { ...plan, userspace: plannedUserspace(plan) }, 'slot-added');
   if (!quiet(populating)) populateSync(populating, 'vm.addMemorySlot', 'vm.addMemorySlotAsync');
   return commitSlot(vm, plan);
@@ -637,12 +644,13 @@ export function ownSlot(vm: Vm, slot: unknown, op: string): MemorySlot {
 export async function removeSlot(vm: Vm, slot: MemorySlot, cause: InvalidationCause = 'slot-removed'): Promise<void> {
   const op = 'vm.removeMemorySlot';
   vm.checkOpen(op);
-  const deliveries = slotDeliveries(vm, slot, cause);
   const run = () => {
     if (slot.removed) return;
     deleteRegion(vm, slot, op);
     forgetSlot(vm, slot);
   };
+  if (unheard(vm, slot.userspace.file, slot.guestMemfd?.file)) return run();
+  const deliveries = slotDeliveries(vm, slot, cause);
   if (quiet(deliveries)) run();
   else await invalidate(deliveries, run);
 }
