@@ -144,38 +144,26 @@ Napi::Value MsrIo(const Napi::CallbackInfo& info, unsigned long request, const c
 
 // The readers ask for the value directly (a wrong type is a cheap status, not an
 // exception) and only look closer when that fails: they sit on every hot path.
-bool ArgU64(const Napi::CallbackInfo& info, size_t i, uint64_t* out) {
-  napi_env env = info.Env();
-  napi_value v = info[i];
-  double d;
-  if (napi_get_value_double(env, v, &d) == napi_ok) {
-    if (d >= 0 && d < 18446744073709551616.0) {
-      *out = static_cast<uint64_t>(d);
-      return true;
-    }
-  } else {
-    bool lossless = false;
-    uint64_t u;
-    if (napi_get_value_bigint_uint64(env, v, &u, &lossless) == napi_ok && lossless) {
-      *out = u;
-      return true;
-    }
-  }
-  Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be an unsigned 64-bit number or bigint")
-      .ThrowAsJavaScriptException();
-  return false;
-}
+bool ArgU64(const Napi::CallbackInfo& info, size_t i, uint64_t* out) { return RawU64(info.Env(), info[i], i, out); }
 
-bool ArgI32(const Napi::CallbackInfo& info, size_t i, int32_t* out) {
-  if (napi_get_value_int32(info.Env(), info[i], out) == napi_ok) return true;
-  Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a number").ThrowAsJavaScriptException();
-  return false;
-}
+bool ArgI32(const Napi::CallbackInfo& info, size_t i, int32_t* out) { return RawI32(info.Env(), info[i], i, out); }
 
 bool ArgU32(const Napi::CallbackInfo& info, size_t i, uint32_t* out) {
   if (napi_get_value_uint32(info.Env(), info[i], out) == napi_ok) return true;
   Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a number").ThrowAsJavaScriptException();
   return false;
+}
+
+void RawThrowErrno(napi_env env, int err, const char* syscall, const char* ioctlName) {
+  // ThrowErrno builds the KvmError through node-addon-api, which throws it as a C++
+  // exception: nothing may escape a plain N-API callback, so it is caught here.
+  try {
+    ThrowErrno(Napi::Env(env), err, syscall, ioctlName);
+  } catch (const Napi::Error& e) {
+    e.ThrowAsJavaScriptException();
+  } catch (...) {
+    napi_throw_error(env, nullptr, syscall);
+  }
 }
 
 bool RawI32(napi_env env, napi_value v, size_t index, int32_t* out) {

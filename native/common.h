@@ -133,6 +133,8 @@ Napi::Value MsrIo(const Napi::CallbackInfo& info, unsigned long request, const c
 // value straight and throw the same TypeError as the checked ones when it is not a
 // plain number (or a bigint, for the 64-bit one).
 bool RawI32(napi_env env, napi_value v, size_t index, int32_t* out);
+// ThrowErrno for plain N-API callbacks: leaves the KvmError pending, throws nothing in C++.
+void RawThrowErrno(napi_env env, int err, const char* syscall, const char* ioctlName);
 bool RawU64(napi_env env, napi_value v, size_t index, uint64_t* out);
 
 // Registers a plain N-API callback as `name` on `exports`.

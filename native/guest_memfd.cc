@@ -26,23 +26,26 @@ static napi_value CreateGuestMemfd(napi_env env, napi_callback_info cb) {
   args.size = size;
   args.flags = flags;
   int fd = ioctl(vm, KVM_CREATE_GUEST_MEMFD, &args);
-  int err = errno;
-  // kvm_gmem_create() uses get_unused_fd_flags(0): without this a spawned child
-  // would inherit guest memory.
-  if (fd >= 0 && fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
-    err = errno;
-    close(fd);
-    fd = -2;
-  }
   if (fd < 0) {
-    try {
-      ThrowErrno(Napi::Env(env), err, fd == -2 ? "fcntl" : "ioctl", fd == -2 ? nullptr : "KVM_CREATE_GUEST_MEMFD");
-    } catch (const Napi::Error& e) {
-      e.ThrowAsJavaScriptException();
-    }
+    RawThrowErrno(env, errno, "ioctl", "KVM_CREATE_GUEST_MEMFD");
     return nullptr;
   }
-  AdoptFd(Napi::Env(env), fd);
+  // kvm_gmem_create() uses get_unused_fd_flags(0): without this a spawned child
+  // would inherit guest memory.
+  if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
+    int err = errno;
+    close(fd);
+    RawThrowErrno(env, err, "fcntl", nullptr);
+    return nullptr;
+  }
+  // From here the addon owns the fd; if recording it fails, nobody would.
+  try {
+    AdoptFd(Napi::Env(env), fd);
+  } catch (...) {
+    close(fd);
+    RawThrowErrno(env, ENOMEM, "KVM_CREATE_GUEST_MEMFD", nullptr);
+    return nullptr;
+  }
   napi_value result;
   napi_create_int32(env, fd, &result);
   return result;

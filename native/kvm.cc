@@ -49,12 +49,7 @@ static napi_value CheckExtension(napi_env env, napi_callback_info cb) {
   if (!RawI32(env, argv[0], 0, &fd) || !RawU64(env, argv[1], 1, &cap)) return nullptr;
   int r = ioctl(fd, KVM_CHECK_EXTENSION, static_cast<unsigned long>(cap));
   if (r < 0) {
-    int err = errno;
-    try {
-      ThrowErrno(Napi::Env(env), err, "ioctl", "KVM_CHECK_EXTENSION");
-    } catch (const Napi::Error& e) {
-      e.ThrowAsJavaScriptException();
-    }
+    RawThrowErrno(env, errno, "ioctl", "KVM_CHECK_EXTENSION");
     return nullptr;
   }
   napi_value result;
