@@ -5,6 +5,7 @@
 
 #include <napi.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <unordered_map>
 #include <vector>
@@ -44,6 +45,19 @@ class FdSet {
   std::vector<uint8_t> owned_;
   size_t count_ = 0;
 };
+
+// Calls `call` again while it fails with EINTR: a signal landed while the kernel
+// waited (KVM_CREATE_VM takes every lock of the address space and gives up with
+// EINTR whenever a signal is pending; a sampling profiler's SIGPROF is enough). Only
+// for calls that are safe to repeat. Bounded, so a signal storm cannot hang the
+// caller: after kEintrRetries attempts the EINTR is reported.
+constexpr int kEintrRetries = 10000;
+template <typename F>
+inline auto RetryEintr(F&& call) -> decltype(call()) {
+  auto r = call();
+  for (int i = 1; i < kEintrRetries && r < 0 && errno == EINTR; i++) r = call();
+  return r;
+}
 
 struct AddonState;
 

@@ -35,7 +35,9 @@ static napi_value Fallocate(napi_env env, napi_callback_info cb) {
   if (!RawI32(env, argv[0], 0, &fd) || !RawI32(env, argv[1], 1, &mode) || !RawU64(env, argv[2], 2, &offset) ||
       !RawU64(env, argv[3], 3, &length))
     return nullptr;
-  if (fallocate(fd, mode, static_cast<off_t>(offset), static_cast<off_t>(length)) != 0)
+  // Allocation gives up with EINTR when a signal is pending; what it allocated stays,
+  // so calling again goes on from there.
+  if (RetryEintr([&] { return fallocate(fd, mode, static_cast<off_t>(offset), static_cast<off_t>(length)); }) != 0)
     RawThrowErrno(env, errno, "fallocate", nullptr);
   return nullptr;
 }

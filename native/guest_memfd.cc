@@ -61,7 +61,7 @@ static Napi::Value FallocateMany(const Napi::CallbackInfo& info) {
   Napi::BigUint64Array pairs = array.As<Napi::BigUint64Array>();
   size_t n = pairs.ElementLength() / 2;
   for (size_t i = 0; i < n; i++) {
-    if (fallocate(fd, mode, static_cast<off_t>(pairs[2 * i]), static_cast<off_t>(pairs[2 * i + 1])) != 0)
+    if (RetryEintr([&] { return fallocate(fd, mode, static_cast<off_t>(pairs[2 * i]), static_cast<off_t>(pairs[2 * i + 1])); }) != 0)
       return ThrowErrnoApplied(info.Env(), errno, "fallocate", nullptr, i);
   }
   return Napi::Number::New(info.Env(), static_cast<double>(n));

@@ -65,7 +65,7 @@ static Napi::Value CreateVm(const Napi::CallbackInfo& info) {
   int32_t fd;
   uint32_t type;
   if (!ArgI32(info, 0, &fd) || !ArgU32(info, 1, &type)) return Napi::Value();
-  int vm = ioctl(fd, KVM_CREATE_VM, static_cast<unsigned long>(type));
+  int vm = RetryEintr([&] { return ioctl(fd, KVM_CREATE_VM, static_cast<unsigned long>(type)); });
   if (vm < 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_CREATE_VM");
   AdoptFd(info.Env(), vm);
   return Napi::Number::New(info.Env(), vm);

@@ -57,7 +57,7 @@ static Napi::Value SetMemoryAttributes(const Napi::CallbackInfo& info) {
       !ArgU64(info, 3, &attributes))
     return Napi::Value();
   kvm_memory_attributes attrs = {address, size, attributes, 0};
-  if (ioctl(fd, KVM_SET_MEMORY_ATTRIBUTES, &attrs) != 0)
+  if (RetryEintr([&] { return ioctl(fd, KVM_SET_MEMORY_ATTRIBUTES, &attrs); }) != 0)
     return ThrowErrno(info.Env(), errno, "ioctl", "KVM_SET_MEMORY_ATTRIBUTES");
   return info.Env().Undefined();
 }
@@ -75,7 +75,7 @@ static Napi::Value SetMemoryAttributesMany(const Napi::CallbackInfo& info) {
   size_t n = triples.ElementLength() / 3;
   for (size_t i = 0; i < n; i++) {
     kvm_memory_attributes attrs = {triples[3 * i], triples[3 * i + 1], triples[3 * i + 2], 0};
-    if (ioctl(fd, KVM_SET_MEMORY_ATTRIBUTES, &attrs) != 0)
+    if (RetryEintr([&] { return ioctl(fd, KVM_SET_MEMORY_ATTRIBUTES, &attrs); }) != 0)
       return ThrowErrnoApplied(info.Env(), errno, "ioctl", "KVM_SET_MEMORY_ATTRIBUTES", i);
   }
   return Napi::Number::New(info.Env(), static_cast<double>(n));

@@ -2,7 +2,7 @@
 import { describe, expect, test } from 'vitest';
 import { Cap, capName, Kvm, KvmError, UnsupportedError, StateError, VmType, type VmTypeName } from '../lib/index';
 import { findVmType, titleWithReason } from '../lib/testing/index';
-import { codeOf, kvmPath, needsKvm, noKvm, openFds } from './helpers';
+import { codeOf, kvmPath, needsKvm, noKvm, openFds, runNode } from './helpers';
 import { runs } from './runs';
 
 /** Create/close cycles of the leak tests (fewer inside an emulated kernel). */
@@ -164,6 +164,40 @@ describe.skipIf(noKvm)(needsKvm('Kvm and Vm on the real kernel'), () => {
       await new Promise((r) => setTimeout(r, 10));
     }
     expect(native.ownedFdCount()).toBe(owned);
+  });
+
+  test('signals do not fail calls the kernel gives up on with EINTR (VM creation and allocation under a sampling profiler)', async () => {
+    // KVM_CREATE_VM takes every lock of the address space and returns EINTR when a
+    // signal is pending; the profiler's SIGPROF every 20 µs lands during many of them.
+    const r = await runNode(
+      [
+        '-e',
+        `
+        const { Session } = require('node:inspector/promises');
+        const gm = require(process.cwd());
+        (async () => {
+          const s = new Session();
+          s.connect();
+          await s.post('Profiler.enable');
+          await s.post('Profiler.setSamplingInterval', { interval: 20 });
+          await s.post('Profiler.start');
+          const failures = {};
+          const note = (e) => (failures[e.code ?? e.message] = (failures[e.code ?? e.message] ?? 0) + 1);
+          const kvm = gm.Kvm.open();
+          for (let i = 0; i < ${runs(200)}; i++) try { kvm.createVm().close(); } catch (e) { note(e); }
+          const ram = gm.Memfd.create('ram', { size: 32 << 20 });
+          for (let i = 0; i < ${runs(20)}; i++) try { await ram.allocate(0, 32 << 20); await ram.punchHole(0, 32 << 20); } catch (e) { note(e); }
+          await s.post('Profiler.stop');
+          console.log(JSON.stringify({ failures }));
+        })();
+        `,
+      ],
+      60_000,
+    );
+    expect(r.signal).toBeNull();
+    expect(r.out).toContain('{"failures":');
+    expect(JSON.parse(r.out.trim().split('\n').pop()!)).toEqual({ failures: {} });
+    expect(r.code).toBe(0);
   });
 
   test(`${CYCLES.toLocaleString('en')} open/close cycles of Kvm and Vm leave no fd behind`, () => {
