@@ -1,10 +1,10 @@
 // The fuzzer (`npm run fuzz`, fuzz/): a few seeds through the real runner, and the
 // runner's own failure reporting (a child that crashes or hangs must be reported with
 // its seed, the signal and the calls that led there).
-import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { kvmUnavailable, titleWithReason } from '../lib/testing/index';
+import { runNode, type ChildResult } from './helpers';
 import { runs, slowdown } from './runs';
 
 // Inside an emulated test kernel everything is about ten times slower: fewer calls,
@@ -15,18 +15,8 @@ const LIMITS = ['--timeout', String(60 * slowdown), '--jobs', slowdown > 1 ? '1'
 const root = path.join(__dirname, '..');
 const noKvm = kvmUnavailable();
 
-function fuzz(args: string[], timeoutMs = 120_000): Promise<{ code: number | null; signal: string | null; out: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [path.join(root, 'fuzz', 'index.mjs'), ...args], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    p.stdout.on('data', (d) => (out += d));
-    p.stderr.on('data', (d) => (out += d));
-    const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs * slowdown);
-    p.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, out });
-    });
-  });
+function fuzz(args: string[], timeoutMs = 120_000): Promise<ChildResult> {
+  return runNode([path.join(root, 'fuzz', 'index.mjs'), ...args], timeoutMs);
 }
 
 function summary(out: string): Record<string, unknown> {

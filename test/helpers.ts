@@ -1,8 +1,48 @@
 /**
- * Shared test plumbing: whether a usable KVM is here (and why not), fd counting.
+ * Shared test plumbing: whether a usable KVM is here (and why not), fd counting,
+ * child processes with a time limit.
  */
+import { spawn } from 'node:child_process';
 import { readdirSync } from 'node:fs';
+import path from 'node:path';
 import { Cap, defaultKvmPath, Kvm, Memfd, VmType, type GuestMemfd, type MemoryFile, type MemorySlot, type Vm, type VmTypeName } from '../lib/index';
+
+import { slowdown } from './runs';
+
+/** The repository root: children run there, so `require(process.cwd())` is the library. */
+export const repoRoot = path.join(__dirname, '..');
+
+/** How a child process ended: exit code or signal, its stdout and stderr together, how long it ran. */
+export interface ChildResult {
+  code: number | null;
+  signal: string | null;
+  out: string;
+  ms: number;
+}
+
+/**
+ * Runs Node with `args` in a child process at the repository root, with the suite's
+ * KVM device; SIGKILLs it after `timeoutMs` (scaled by the emulation slowdown), so a
+ * hang ends the test with a signal instead of a timeout.
+ */
+export function runNode(args: readonly string[], timeoutMs: number): Promise<ChildResult> {
+  return new Promise((resolve) => {
+    const started = Date.now();
+    const p = spawn(process.execPath, [...args], {
+      cwd: repoRoot,
+      env: { ...process.env, GMEM_KVM_PATH: kvmPath },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (out += d));
+    const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs * slowdown);
+    p.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, out, ms: Date.now() - started });
+    });
+  });
+}
 
 /** The device the suite uses (GMEM_KVM_PATH switches it, e.g. to /nonexistent). */
 export const kvmPath = defaultKvmPath();

@@ -1,32 +1,14 @@
 // Ownership safety nets: what the garbage collector and native code outside the
 // addon can hold, and what happens to it.
-import { spawn } from 'node:child_process';
-import path from 'node:path';
 import { expect } from 'vitest';
 import { kvmTest } from '../lib/testing/vitest.mjs';
-import { kvmPath } from './helpers';
-import { slowdown } from './runs';
+import { runNode, type ChildResult } from './helpers';
 
-const root = path.join(__dirname, '..');
 const test = kvmTest();
 
 /** Runs a Node script (with --expose-gc) in a child process; resolves with how it ended. */
-function child(script: string, timeoutMs = 30_000): Promise<{ code: number | null; signal: string | null; out: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, ['--expose-gc', '-e', script], {
-      cwd: root,
-      env: { ...process.env, GMEM_KVM_PATH: kvmPath },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    p.stdout.on('data', (d) => (out += d));
-    p.stderr.on('data', (d) => (out += d));
-    const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs * slowdown);
-    p.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, out });
-    });
-  });
+function child(script: string, timeoutMs = 30_000): Promise<ChildResult> {
+  return runNode(['--expose-gc', '-e', script], timeoutMs);
 }
 
 const counts = `

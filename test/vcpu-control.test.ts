@@ -1,14 +1,12 @@
 // Stopping and steering vCPUs: time limits and abort signals on run(), runSync() and
 // runUntil(); state replaced after an exit whose instruction the kernel finishes on
 // the next KVM_RUN; workers blocked in runSync(); runners dropped mid-run.
-import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { expect } from 'vitest';
 import { guest, loadRealMode, type Vcpu, type Vm } from '../lib/index';
 import { kvmTest } from '../lib/testing/vitest.mjs';
-import { kvmPath } from './helpers';
-import { slowdown } from './runs';
+import { kvmPath, runNode, type ChildResult } from './helpers';
 
 const root = path.join(__dirname, '..');
 const PORT = 0x3f8;
@@ -29,24 +27,9 @@ function outByte(vm: Vm, vcpu: Vcpu, at: number, port: number, value: number): v
   vcpu.setRegs({ rip: BigInt(at), rflags: 2n });
 }
 
-/** Runs a Node script in a child process; resolves with how it ended and how long it took. */
-function child(script: string, timeoutMs = 20_000): Promise<{ code: number | null; signal: string | null; out: string; ms: number }> {
-  return new Promise((resolve) => {
-    const started = Date.now();
-    const p = spawn(process.execPath, ['--expose-gc', '-e', script], {
-      cwd: root,
-      env: { ...process.env, GMEM_KVM_PATH: kvmPath },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    p.stdout.on('data', (d) => (out += d));
-    p.stderr.on('data', (d) => (out += d));
-    const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs * slowdown);
-    p.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, out, ms: Date.now() - started });
-    });
-  });
+/** Runs a Node script (with --expose-gc) in a child process; resolves with how it ended. */
+function child(script: string, timeoutMs = 20_000): Promise<ChildResult> {
+  return runNode(['--expose-gc', '-e', script], timeoutMs);
 }
 
 test('run({ timeoutMs }) stops a spinning guest and rejects with ERR_TIMEOUT naming the limit; the vCPU runs again after', async ({ vm }) => {
