@@ -42,7 +42,7 @@ export interface GpaRange {
 /** Where one copy of a piece of guest memory lives. */
 export interface BackingRef {
   /** The file (GuestMemfd, Memfd), or null for anonymous memory. */
-  readonly file: { readonly notifier: Notifier<any> } | null;
+  readonly file: { readonly notifier: Notifier<any>; readonly listened?: boolean } | null;
   /** Offset of the piece in the file (or in the anonymous mapping). */
   readonly offset: number;
 }
@@ -160,6 +160,7 @@ function clipPiece(p: ConversionPiece, r: GpaRange): ConversionPiece | undefined
   const rEnd = r.guestPhysAddr + r.size;
   const end = pEnd < rEnd ? pEnd : rEnd;
   if (start >= end) return undefined;
+  if (start === p.guestPhysAddr && end === pEnd) return p;
   const delta = Number(start - p.guestPhysAddr);
   return {
     ...p,
@@ -237,9 +238,13 @@ export async function convertRanges(ctx: ConversionContext, requests: readonly C
   }
   if (work.length === 0) return { converted: [], unchangedBytes: unchanged };
 
+  // No listener on the VM or any file involved: nothing to populate or invalidate,
+  // and no event needs building. Nothing is awaited, so none can register meanwhile.
+  if (unheard(ctx, work)) return finish(apply(ctx, work), [], unchanged);
+
   // 1. populate, for everything, before anything changes. Acceptance is tracked per
   // listener, so on a veto exactly the listeners that accepted hear the rollback.
-  const accepted: Array<readonly [Notifier<unknown>, Registered<unknown>, unknown, Work]> = [];
+  const accepted: Accepted[] = [];
   for (const w of work) {
     const cause: InvalidationCause = w.to === 'private' ? 'convert-to-private' : 'convert-to-shared';
     const deliveries: Delivery[] = [vmDelivery(ctx, w, cause)];
@@ -273,79 +278,112 @@ export async function convertRanges(ctx: ConversionContext, requests: readonly C
       if (d) invalidations.push(d);
     }
   }
+  let outcome: Outcome | undefined;
+  await invalidate(invalidations, () => {
+    outcome = apply(ctx, work);
+  });
+  return finish(outcome!, accepted, unchanged);
+}
+
+type Accepted = readonly [Notifier<unknown>, Registered<unknown>, unknown, Work];
+
+/** What applying the work did: the engine's answer, or what to throw. */
+interface Outcome {
+  readonly converted: Array<GpaRange & { to: 'private' | 'shared' }>;
+  readonly done: Set<Work>;
+  readonly refusal?: ConversionError;
+  readonly discardFailure?: unknown;
+  readonly stale?: { error: unknown };
+}
+
+/** True when no listener can hear any of the work: not on the VM, not on any file. */
+function unheard(ctx: ConversionContext, work: readonly Work[]): boolean {
+  if (ctx.notifier.size > 0) return false;
+  const heard = (f: BackingRef['file']) => f !== null && (f.listened ?? f.notifier.size > 0);
+  for (const w of work) for (const p of w.pieces) if (heard(p.shared.file) || heard(p.private.file)) return false;
+  return true;
+}
+
+/**
+ * The kernel part, between invalidateStart and invalidateEnd: recheck the plan, then
+ * per direction (private first) the attributes, the map, and the discards.
+ */
+function apply(ctx: ConversionContext, work: readonly Work[]): Outcome {
   const converted: Array<GpaRange & { to: 'private' | 'shared' }> = [];
   const done = new Set<Work>();
-  let refusal: ConversionError | undefined;
+  try {
+    ctx.backend.recheck?.();
+  } catch (error) {
+    return { converted, done, stale: { error } };
+  }
   let discardFailure: unknown;
-  let stale: { error: unknown } | undefined;
-  await invalidate(invalidations, () => {
+  for (const to of ['private', 'shared'] as const) {
+    const batch = work.filter((w) => w.to === to);
+    if (batch.length === 0) continue;
+    const attrs = to === 'private' ? MemoryAttribute.Private : MemoryAttribute.Shared;
+    if (to === 'private' && ctx.backend.revokeShared)
+      for (const w of batch) for (const p of w.pieces) if (p.inPlace) ctx.backend.revokeShared(p);
+    let applied = batch.length;
+    let failed = false;
+    let failure: unknown;
     try {
-      ctx.backend.recheck?.();
-    } catch (error) {
-      stale = { error };
-      return;
+      ctx.backend.setAttributes(
+        batch.map((w) => w.range),
+        attrs,
+      );
+    } catch (e) {
+      failed = true;
+      failure = e;
+      // The kernel took the first `applied` ranges; never trust it past the batch.
+      const claimed = Math.trunc(Number((e as { applied?: unknown } | undefined)?.applied ?? 0));
+      applied = Math.min(batch.length - 1, Math.max(0, Number.isNaN(claimed) ? 0 : claimed));
     }
-    for (const to of ['private', 'shared'] as const) {
-      const batch = work.filter((w) => w.to === to);
-      if (batch.length === 0) continue;
-      const attrs = to === 'private' ? MemoryAttribute.Private : MemoryAttribute.Shared;
-      if (to === 'private' && ctx.backend.revokeShared)
-        for (const w of batch) for (const p of w.pieces) if (p.inPlace) ctx.backend.revokeShared(p);
-      let applied = batch.length;
-      let failed = false;
-      let failure: unknown;
-      try {
-        ctx.backend.setAttributes(
-          batch.map((w) => w.range),
-          attrs,
-        );
-      } catch (e) {
-        failed = true;
-        failure = e;
-        // The kernel took the first `applied` ranges; never trust it past the batch.
-        const claimed = Math.trunc(Number((e as { applied?: unknown } | undefined)?.applied ?? 0));
-        applied = Math.min(batch.length - 1, Math.max(0, Number.isNaN(claimed) ? 0 : claimed));
-      }
-      // Record every applied range before discarding anything, so the map agrees
-      // with the kernel even if a discard fails.
-      const taken = batch.slice(0, applied);
-      for (const w of taken) {
-        ctx.attributes.set(w.range.guestPhysAddr, w.range.size, attrs);
-        converted.push({ ...w.range, to });
-        done.add(w);
-      }
-      for (const w of taken)
-        for (const p of w.pieces) {
-          if (p.inPlace) continue;
-          try {
-            if (to === 'private') ctx.backend.discardShared(p);
-            else ctx.backend.discardPrivate(p);
-          } catch (e) {
-            discardFailure ??= e;
-          }
+    // Record every applied range before discarding anything, so the map agrees
+    // with the kernel even if a discard fails.
+    for (let i = 0; i < applied; i++) {
+      const w = batch[i]!;
+      ctx.attributes.set(w.range.guestPhysAddr, w.range.size, attrs);
+      converted.push({ guestPhysAddr: w.range.guestPhysAddr, size: w.range.size, to });
+      done.add(w);
+    }
+    for (let i = 0; i < applied; i++)
+      for (const p of batch[i]!.pieces) {
+        if (p.inPlace) continue;
+        try {
+          if (to === 'private') ctx.backend.discardShared(p);
+          else ctx.backend.discardPrivate(p);
+        } catch (e) {
+          discardFailure ??= e;
         }
-      if (failed) {
-        // Private work runs first, so a failure there leaves all shared work undone.
-        const later = to === 'private' ? work.filter((w) => w.to === 'shared') : [];
-        refusal = new ConversionError(
-          failure,
-          converted.map(({ guestPhysAddr, size }) => ({ guestPhysAddr, size })),
-          batch[applied]!.range,
-          [...batch.slice(applied + 1), ...later].map((w) => w.range),
-        );
-        return;
       }
+    if (failed) {
+      // Private work runs first, so a failure there leaves all shared work undone.
+      const later = to === 'private' ? work.filter((w) => w.to === 'shared') : [];
+      const refusal = new ConversionError(
+        failure,
+        converted.map(({ guestPhysAddr, size }) => ({ guestPhysAddr, size })),
+        batch[applied]!.range,
+        [...batch.slice(applied + 1), ...later].map((w) => w.range),
+      );
+      return { converted, done, refusal, discardFailure };
     }
-  });
+  }
+  return { converted, done, discardFailure };
+}
+
+/** Turns an outcome into the result, after the rollbacks it calls for. */
+async function finish(outcome: Outcome, accepted: readonly Accepted[], unchanged: bigint): Promise<ConversionResult> {
+  const { converted, done, refusal, discardFailure, stale } = outcome;
   if (stale) {
     // The plan went stale while listeners ran: nothing changed; whoever accepted a
     // populate hears it undone, and the caller gets the reason as it was raised.
-    await rollBack(accepted);
+    if (accepted.length) await rollBack(accepted);
     throw stale.error;
   }
   if (refusal) {
     // Ranges that never became usable: their populate listeners hear the rollback.
-    await rollBack(accepted.filter((a) => !done.has(a[3])));
+    const undone = accepted.filter((a) => !done.has(a[3]));
+    if (undone.length) await rollBack(undone);
     throw refusal;
   }
   if (discardFailure !== undefined) {
