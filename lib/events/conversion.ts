@@ -200,6 +200,7 @@ function vmDelivery(ctx: ConversionContext, w: Work, cause: InvalidationCause): 
 
 /** Refuses overlapping requests: a batch converts disjoint ranges. @internal */
 export function checkDisjoint(op: string, requests: readonly ConversionRequest[]): void {
+  if (requests.length < 2) return;
   const order = requests.map((r, i) => ({ r, i })).sort((a, b) => (a.r.guestPhysAddr < b.r.guestPhysAddr ? -1 : a.r.guestPhysAddr > b.r.guestPhysAddr ? 1 : 0));
   for (let k = 1; k < order.length; k++) {
     const a = order[k - 1]!;

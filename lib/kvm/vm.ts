@@ -424,14 +424,14 @@ export class Vm {
     const gaps: string[] = [];
     const pieces: ConversionPiece[] = [];
     for (const p of this.slotTable.cover(0, range.guestPhysAddr, range.size)) {
-      const span = `${hex(p.guestPhysAddr)}..${hex(p.guestPhysAddr + p.size)}`;
+      const span = () => `${hex(p.guestPhysAddr)}..${hex(p.guestPhysAddr + p.size)}`;
       if (!p.slot) {
-        gaps.push(`${span} (no slot)`);
+        gaps.push(`${span()} (no slot)`);
         continue;
       }
       const g = p.slot.guestMemfd;
       if (!g) {
-        gaps.push(`${span} (slot ${p.slot.id} has no guest_memfd)`);
+        gaps.push(`${span()} (slot ${p.slot.id} has no guest_memfd)`);
         continue;
       }
       planned.set(p.slot.id, p.slot);
