@@ -21,9 +21,10 @@ export const wallCost = (s, per = 1) => s.ns / s.iters / per;
 /** CPU (user + system) nanoseconds per operation. */
 export const cpuCost = (s, per = 1) => (s.user_ns + s.sys_ns) / s.iters / per;
 
-/** A cost in ns/op as the row's unit shows it: microseconds, or GB/s for byte ops. */
+/** A cost in ns/op as the row's unit shows it: microseconds, milliseconds (ms/...), or GB/s for byte ops. */
 export function inUnit(costNs, unit, bytesPerOp) {
   if (unit === 'GB/s') return bytesPerOp / costNs;
+  if (unit.startsWith('ms/')) return costNs / 1e6;
   return costNs / 1000;
 }
 

@@ -3,26 +3,17 @@
 // bzImage-* files of ../shared/kernels; with none, or without QEMU, this says so and
 // skips (a clone without them still passes). The compiled library is the host's: run
 // `npm test` (or `npm run build:ts`) first.
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
+import { testKernels } from './kernels.mjs';
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
 const { runInVm, findExecutable } = require(path.join(root, 'dist', 'tools', 'vm-run.js'));
 
-function kernels() {
-  if (process.env.GMEM_KERNELS) return process.env.GMEM_KERNELS.split(':').filter(Boolean);
-  const dir = path.join(root, '..', 'shared', 'kernels');
-  if (!existsSync(dir)) return [];
-  return readdirSync(dir)
-    .filter((f) => f.startsWith('bzImage-'))
-    .sort((a, b) => a.localeCompare(b, undefined, { numeric: true }))
-    .map((f) => path.join(dir, f));
-}
-
-const list = kernels();
+const list = testKernels(root);
 if (list.length === 0) {
   console.log('test:kernels: skipped: no test kernels (set GMEM_KERNELS, or see kernel/README.md to build one)');
   process.exit(0);

@@ -8,7 +8,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { Cap } from '../lib/index';
 import { buildOnce } from './build-cache';
-import { needsKvm, noKvm, vmCap } from './helpers';
+import { Kvm, MemoryAttribute, UnsupportedError } from '../lib/index';
+import { kvmPath, needsKvm, noKvm, vmCap } from './helpers';
 
 const root = path.join(__dirname, '..');
 const cSource = path.join(root, 'bench', 'ref', 'kvm_ref.c');
@@ -116,5 +117,53 @@ describe.skipIf(noMmapGmem)(needsKvm('benchmark references on KVM'), () => {
     const line = JSON.parse(r.stdout) as Record<string, unknown>;
     expect(line).toMatchObject({ op: 'vcpu_io_exit_sync', iters: 10 });
     expect(line['ns']).toBeGreaterThan(0);
+  });
+
+  /** Whether this KVM has what the convert_* rows need: a sw-protected VM with guest_memfd and PRIVATE. */
+  const conversionHere = ((): boolean => {
+    using kvm = Kvm.open(kvmPath);
+    try {
+      using vm = kvm.createVm({ type: 'sw-protected' });
+      return (BigInt(vm.checkExtension(Cap.MemoryAttributes)) & MemoryAttribute.Private) !== 0n && vm.checkExtension(Cap.GuestMemfd) > 0;
+    } catch (e) {
+      if (e instanceof UnsupportedError) return false;
+      throw e;
+    }
+  })();
+  const convertOps = ['convert_4k', 'convert_1g', 'convert_batch_1000'];
+  const convertInput = 'convert_4k 3\nconvert_batch_1000 1\nquit\n';
+
+  test(`the references offer the convert_* ops exactly where a sw-protected VM can convert (here: ${conversionHere ? 'it can' : 'it cannot'}), and answer them`, () => {
+    compileRef();
+    const sides: Array<[string, string[]]> = [[bin, []]];
+    if (hasPython) sides.push([python, [pySource]]);
+    for (const [cmd, args] of sides) {
+      const r = spawnSync(cmd, args, { input: convertInput, encoding: 'utf8' });
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+      const offered = lines[0]!['ops'] as string[];
+      expect(convertOps.filter((op) => offered.includes(op)), cmd).toEqual(conversionHere ? convertOps : []);
+      if (conversionHere) {
+        expect(lines[1]).toMatchObject({ op: 'convert_4k', iters: 3 });
+        expect(lines[2]).toMatchObject({ op: 'convert_batch_1000', iters: 1 });
+        expect(lines[2]!['ns']).toBeGreaterThan(0);
+      } else {
+        expect(lines[1]!['error']).toMatch(/unknown op/);
+      }
+    }
+  });
+
+  test(`the Node side has the convert_* ops exactly where a sw-protected VM can convert (here: ${conversionHere ? 'it can' : 'it cannot'})`, () => {
+    const r = spawnSync(process.execPath, [path.join(root, 'bench', 'once.mjs'), 'convert_4k', '3'], { encoding: 'utf8' });
+    if (conversionHere) {
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({ op: 'convert_4k', iters: 3 });
+    } else {
+      expect(r.status).toBe(64);
+      expect(r.stderr).toMatch(/OP one of .*check_extension/);
+      expect(r.stderr).not.toMatch(/convert_4k/);
+    }
   });
 });

@@ -11,6 +11,19 @@
  *              at GPA 0x1000;
  *   - vCPU 0:  kvm_run mapped, CS base 0 / selector 0, RIP 0x1000, RFLAGS 2.
  *
+ * and, where KVM offers a sw-protected VM with KVM_MEMORY_ATTRIBUTE_PRIVATE (the
+ * mainline test kernels, not every host), a second VM for the convert_* ops:
+ *
+ *   - a KVM_X86_SW_PROTECTED_VM holding one 1 GiB slot at GPA 0: a 1 GiB memfd
+ *     (MFD_CLOEXEC, mapped) as its shared memory and a 1 GiB guest_memfd (no flags,
+ *     close-on-exec) as its private memory, all of it shared to begin with.
+ *
+ * A conversion is what the library's vm.convert does when nobody listens: to
+ * private, KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) and a punch of the now stale shared
+ * copy in the memfd; to shared, KVM_SET_MEMORY_ATTRIBUTES(0) and a punch of the
+ * private copy in the guest_memfd. A batch converts every range's attributes first,
+ * then punches each range, as the library's convertMany does.
+ *
  * Modes:
  *   kvm_ref                  serve: set up, print {"ready":...}, then for every
  *                            stdin line "OP ITERS" run one batch and answer one
@@ -61,7 +74,10 @@
 #define KVM_CREATE_VCPU _IO(KVMIO, 0x41)
 #define KVM_RUN _IO(KVMIO, 0x80)
 
+#define KVM_CAP_MEMORY_ATTRIBUTES 233
 #define KVM_CAP_GUEST_MEMFD 234
+#define KVM_CAP_VM_TYPES 235
+#define KVM_X86_SW_PROTECTED_VM 1
 #define KVM_CAP_GUEST_MEMFD_FLAGS 244
 #define GUEST_MEMFD_FLAG_MMAP (1ull << 0)
 #define GUEST_MEMFD_FLAG_INIT_SHARED (1ull << 1)
@@ -90,6 +106,16 @@ struct ref_region2 {
 _Static_assert(sizeof(struct ref_region2) == 160, "kvm_userspace_memory_region2");
 _Static_assert(offsetof(struct ref_region2, guest_memfd) == 40, "region2.guest_memfd");
 #define KVM_SET_USER_MEMORY_REGION2 _IOW(KVMIO, 0x49, struct ref_region2)
+
+struct ref_memory_attributes {
+  uint64_t address;
+  uint64_t size;
+  uint64_t attributes;
+  uint64_t flags;
+};
+_Static_assert(sizeof(struct ref_memory_attributes) == 32, "kvm_memory_attributes");
+#define KVM_SET_MEMORY_ATTRIBUTES _IOW(KVMIO, 0xd2, struct ref_memory_attributes)
+#define KVM_MEMORY_ATTRIBUTE_PRIVATE (1ull << 3)
 
 struct ref_regs {
   uint64_t gpr[16]; /* rax rbx rcx rdx rsi rdi rsp rbp r8..r15 */
@@ -140,6 +166,8 @@ _Static_assert(offsetof(struct ref_run, io) == 32, "kvm_run exit union");
 #define SLOT_SIZE (2 * MiB)
 #define CODE_GPA 0x1000
 #define GMEM_FLAGS (GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED)
+#define CONV_SIZE (1024 * MiB)      /* convert_*: the sw-protected VM's one slot */
+#define CONV_BATCH 1000             /* convert_batch_1000: ranges per batch, every other page */
 
 static int kvm = -1, vm = -1, big = -1, guest = -1, vcpu = -1;
 static volatile uint8_t *big_mem;   /* the whole 256 MiB */
@@ -147,6 +175,8 @@ static uint8_t *slot_mem;           /* its first 2 MiB, mapped again */
 static uint8_t *guest_mem;
 static uint8_t *copy_src;           /* 256 MiB of 7s, for copy_256m */
 static volatile struct ref_run *run;
+static int cvm = -1, cshared = -1, cprivate = -1; /* the conversion layout, or -1 */
+static uint8_t *cshared_mem;
 static volatile uint64_t sink;
 
 static void fail(const char *what) {
@@ -196,6 +226,49 @@ static void punch(int fd, off_t offset, off_t length) {
   if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0) fail("fallocate");
 }
 
+static void set_attributes(uint64_t gpa, uint64_t size, uint64_t attributes) {
+  struct ref_memory_attributes a;
+  memset(&a, 0, sizeof a);
+  a.address = gpa;
+  a.size = size;
+  a.attributes = attributes;
+  if (ioctl(cvm, KVM_SET_MEMORY_ATTRIBUTES, &a) != 0) fail("KVM_SET_MEMORY_ATTRIBUTES");
+}
+
+/* The convert_* layout, where KVM can: a sw-protected VM with one 1 GiB slot. */
+static void setup_conversion(void) {
+  int types = ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_VM_TYPES);
+  if (types <= 0 || !(types & (1 << KVM_X86_SW_PROTECTED_VM))) return;
+  cvm = ioctl(kvm, KVM_CREATE_VM, KVM_X86_SW_PROTECTED_VM);
+  if (cvm < 0) fail("KVM_CREATE_VM(KVM_X86_SW_PROTECTED_VM)");
+  int attrs = ioctl(cvm, KVM_CHECK_EXTENSION, KVM_CAP_MEMORY_ATTRIBUTES);
+  if (attrs <= 0 || !((uint64_t)attrs & KVM_MEMORY_ATTRIBUTE_PRIVATE) ||
+      ioctl(cvm, KVM_CHECK_EXTENSION, KVM_CAP_GUEST_MEMFD) <= 0) {
+    close(cvm);
+    cvm = -1;
+    return;
+  }
+  cshared = memfd_create("shared", MFD_CLOEXEC);
+  if (cshared < 0) fail("memfd_create");
+  if (ftruncate(cshared, (off_t)CONV_SIZE) != 0) fail("ftruncate");
+  cshared_mem = map_fd(cshared, CONV_SIZE);
+  struct ref_create_guest_memfd args;
+  memset(&args, 0, sizeof args);
+  args.size = CONV_SIZE;
+  cprivate = ioctl(cvm, KVM_CREATE_GUEST_MEMFD, &args);
+  if (cprivate < 0) fail("KVM_CREATE_GUEST_MEMFD(sw-protected)");
+  if (fcntl(cprivate, F_SETFD, FD_CLOEXEC) != 0) fail("fcntl(F_SETFD)");
+  struct ref_region2 r;
+  memset(&r, 0, sizeof r);
+  r.slot = 0;
+  r.flags = KVM_MEM_GUEST_MEMFD;
+  r.guest_phys_addr = 0;
+  r.memory_size = CONV_SIZE;
+  r.userspace_addr = (uint64_t)(uintptr_t)cshared_mem;
+  r.guest_memfd = (uint32_t)cprivate;
+  if (ioctl(cvm, KVM_SET_USER_MEMORY_REGION2, &r) != 0) fail("KVM_SET_USER_MEMORY_REGION2(sw-protected)");
+}
+
 static void setup(void) {
   const char *path = getenv("GMEM_KVM_PATH");
   if (path == NULL || *path == '\0') path = "/dev/kvm";
@@ -239,6 +312,7 @@ static void setup(void) {
   regs.rip = CODE_GPA;
   regs.rflags = 2;
   if (ioctl(vcpu, KVM_SET_REGS, &regs) != 0) fail("KVM_SET_REGS");
+  setup_conversion();
 }
 
 /* ---- the ops: each runs `n` iterations of the timed work ---- */
@@ -297,22 +371,54 @@ static void op_vcpu_io_exit(long n) {
   }
 }
 
+/* One conversion each way of [gpa, +size): attributes, then the stale copy punched. */
+static void convert_pair(uint64_t gpa, uint64_t size) {
+  set_attributes(gpa, size, KVM_MEMORY_ATTRIBUTE_PRIVATE);
+  punch(cshared, (off_t)gpa, (off_t)size);
+  set_attributes(gpa, size, 0);
+  punch(cprivate, (off_t)gpa, (off_t)size);
+}
+
+static void op_convert_4k(long n) {
+  for (long i = 0; i < n; i++) convert_pair(0, 4096);
+}
+
+static void op_convert_1g(long n) {
+  for (long i = 0; i < n; i++) convert_pair(0, CONV_SIZE);
+}
+
+/* CONV_BATCH ranges of 4 KiB at every other page, to private and back. */
+static void op_convert_batch_1000(long n) {
+  for (long i = 0; i < n; i++) {
+    for (int k = 0; k < CONV_BATCH; k++) set_attributes((uint64_t)k * 8192, 4096, KVM_MEMORY_ATTRIBUTE_PRIVATE);
+    for (int k = 0; k < CONV_BATCH; k++) punch(cshared, (off_t)k * 8192, 4096);
+    for (int k = 0; k < CONV_BATCH; k++) set_attributes((uint64_t)k * 8192, 4096, 0);
+    for (int k = 0; k < CONV_BATCH; k++) punch(cprivate, (off_t)k * 8192, 4096);
+  }
+}
+
 struct op {
   const char *name;
   void (*prep)(void); /* before each batch, untimed */
   void (*body)(long n);
   uint64_t bytes;     /* per iteration, for GB/s */
+  int conversion;     /* needs the sw-protected layout */
 };
 
 static const struct op ops[] = {
-    {"check_extension", NULL, op_check_extension, 0},
-    {"gmem_create_close", NULL, op_gmem_create_close, 0},
-    {"slot_add_delete", NULL, op_slot_add_delete, 0},
-    {"punch_hole_4k", NULL, op_punch_hole_4k, 0},
-    {"fault_in_256m", prep_fault_in, op_fault_in_256m, BIG_SIZE},
-    {"copy_256m", NULL, op_copy_256m, BIG_SIZE},
-    {"vcpu_io_exit", NULL, op_vcpu_io_exit, 0},
+    {"check_extension", NULL, op_check_extension, 0, 0},
+    {"gmem_create_close", NULL, op_gmem_create_close, 0, 0},
+    {"slot_add_delete", NULL, op_slot_add_delete, 0, 0},
+    {"punch_hole_4k", NULL, op_punch_hole_4k, 0, 0},
+    {"fault_in_256m", prep_fault_in, op_fault_in_256m, BIG_SIZE, 0},
+    {"copy_256m", NULL, op_copy_256m, BIG_SIZE, 0},
+    {"vcpu_io_exit", NULL, op_vcpu_io_exit, 0, 0},
+    {"convert_4k", NULL, op_convert_4k, 0, 1},
+    {"convert_1g", NULL, op_convert_1g, 0, 1},
+    {"convert_batch_1000", NULL, op_convert_batch_1000, 0, 1},
 };
+
+static int offered(const struct op *op) { return !op->conversion || cvm >= 0; }
 
 static uint64_t mono_ns(void) {
   struct timespec t;
@@ -325,7 +431,7 @@ static uint64_t tv_ns(struct timeval tv) { return (uint64_t)tv.tv_sec * 10000000
 static int batch(const char *name, long iters) {
   const struct op *op = NULL;
   for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
-    if (strcmp(ops[i].name, name) == 0) op = &ops[i];
+    if (strcmp(ops[i].name, name) == 0 && offered(&ops[i])) op = &ops[i];
   if (op == NULL || iters <= 0) {
     printf("{\"error\":\"unknown op or bad count: %s %ld\"}\n", name, iters);
     fflush(stdout);
@@ -348,7 +454,12 @@ static int batch(const char *name, long iters) {
 
 static void serve(void) {
   printf("{\"ready\":true,\"pid\":%d,\"ops\":[", (int)getpid());
-  for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) printf("%s\"%s\"", i ? "," : "", ops[i].name);
+  int first = 1;
+  for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
+    if (offered(&ops[i])) {
+      printf("%s\"%s\"", first ? "" : ",", ops[i].name);
+      first = 0;
+    }
   printf("]}\n");
   fflush(stdout);
   char line[256];
@@ -390,6 +501,8 @@ static void abi(void) {
   printf("KVM_MEM_GUEST_MEMFD %u\n", KVM_MEM_GUEST_MEMFD);
   printf("GUEST_MEMFD_FLAG_MMAP %llu\n", (unsigned long long)GUEST_MEMFD_FLAG_MMAP);
   printf("GUEST_MEMFD_FLAG_INIT_SHARED %llu\n", (unsigned long long)GUEST_MEMFD_FLAG_INIT_SHARED);
+  printf("KVM_SET_MEMORY_ATTRIBUTES %lu\n", (unsigned long)KVM_SET_MEMORY_ATTRIBUTES);
+  printf("KVM_MEMORY_ATTRIBUTE_PRIVATE %llu\n", (unsigned long long)KVM_MEMORY_ATTRIBUTE_PRIVATE);
 }
 
 int main(int argc, char **argv) {

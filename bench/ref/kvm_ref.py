@@ -44,7 +44,13 @@ KVM_SET_REGS = _ioc(_IOC_WRITE, 0x82, 144)
 KVM_GET_SREGS = _ioc(_IOC_READ, 0x83, 312)
 KVM_SET_SREGS = _ioc(_IOC_WRITE, 0x84, 312)
 
+KVM_SET_MEMORY_ATTRIBUTES = _ioc(_IOC_WRITE, 0xD2, 32)
+
+KVM_CAP_MEMORY_ATTRIBUTES = 233
 KVM_CAP_GUEST_MEMFD = 234
+KVM_CAP_VM_TYPES = 235
+KVM_X86_SW_PROTECTED_VM = 1
+KVM_MEMORY_ATTRIBUTE_PRIVATE = 1 << 3
 KVM_CAP_GUEST_MEMFD_FLAGS = 244
 GMEM_FLAGS = (1 << 0) | (1 << 1)  # GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED
 KVM_MEM_GUEST_MEMFD = 1 << 2
@@ -53,9 +59,10 @@ FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 
 CREATE_GUEST_MEMFD = struct.Struct("=QQ48x")            # size, flags, reserved[6]
 REGION2 = struct.Struct("=IIQQQQI4x112x")               # slot .. guest_memfd, pad1, pad2[14]
+MEMORY_ATTRIBUTES = struct.Struct("=QQQQ")               # address, size, attributes, flags
 RUN_EXIT_REASON = struct.Struct("=I")                   # kvm_run.exit_reason at 8
 RUN_IO = struct.Struct("=BBHIQ")                        # kvm_run.io at 32
-assert CREATE_GUEST_MEMFD.size == 64 and REGION2.size == 160
+assert CREATE_GUEST_MEMFD.size == 64 and REGION2.size == 160 and MEMORY_ATTRIBUTES.size == 32
 
 # ---- the layout (as kvm_ref.c) ----
 MiB = 1 << 20
@@ -65,6 +72,8 @@ CREATE_SIZE = 16 << 30
 SLOT_GPA = 1 << 32
 SLOT_SIZE = 2 * MiB
 CODE_GPA = 0x1000
+CONV_SIZE = 1024 * MiB  # convert_*: the sw-protected VM's one slot
+CONV_BATCH = 1000       # convert_batch_1000: ranges per batch, every other page
 OUT_LOOP = bytes([0xBA, 0xF8, 0x03, 0xEE, 0xEB, 0xFD])  # mov dx,0x3f8; out dx,al; jmp $-3
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -133,6 +142,33 @@ class Ref:
             "copy_256m": (None, self.copy_256m, BIG_SIZE),
             "vcpu_io_exit": (None, self.vcpu_io_exit, 0),
         }
+        if self.setup_conversion():
+            self.ops["convert_4k"] = (None, self.convert_4k, 0)
+            self.ops["convert_1g"] = (None, self.convert_1g, 0)
+            self.ops["convert_batch_1000"] = (None, self.convert_batch_1000, 0)
+
+    def setup_conversion(self):
+        """The convert_* layout, where KVM can: a sw-protected VM with one 1 GiB slot
+        (a memfd as its shared memory, a guest_memfd as its private memory)."""
+        types = fcntl.ioctl(self.kvm, KVM_CHECK_EXTENSION, KVM_CAP_VM_TYPES)
+        if types <= 0 or not types & (1 << KVM_X86_SW_PROTECTED_VM):
+            return False
+        cvm = fcntl.ioctl(self.kvm, KVM_CREATE_VM, KVM_X86_SW_PROTECTED_VM)
+        attrs = fcntl.ioctl(cvm, KVM_CHECK_EXTENSION, KVM_CAP_MEMORY_ATTRIBUTES)
+        if attrs <= 0 or not attrs & KVM_MEMORY_ATTRIBUTE_PRIVATE or fcntl.ioctl(cvm, KVM_CHECK_EXTENSION, KVM_CAP_GUEST_MEMFD) <= 0:
+            os.close(cvm)
+            return False
+        self.cvm = cvm
+        self.cshared = os.memfd_create("shared", os.MFD_CLOEXEC)
+        os.ftruncate(self.cshared, CONV_SIZE)
+        self.cshared_mem = mmap.mmap(self.cshared, CONV_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(self.cshared_mem))
+        args = bytearray(CREATE_GUEST_MEMFD.pack(CONV_SIZE, 0))
+        self.cprivate = fcntl.ioctl(cvm, KVM_CREATE_GUEST_MEMFD, args, True)
+        fcntl.fcntl(self.cprivate, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+        fcntl.ioctl(cvm, KVM_SET_USER_MEMORY_REGION2,
+                    REGION2.pack(0, KVM_MEM_GUEST_MEMFD, 0, CONV_SIZE, addr, 0, self.cprivate))
+        return True
 
     def create_gmem(self, size):
         args = bytearray(CREATE_GUEST_MEMFD.pack(size, GMEM_FLAGS))
@@ -187,6 +223,36 @@ class Ref:
                 raise RuntimeError("KVM_RUN: not an io exit")
             _direction, _size, _port, _count, data_offset = RUN_IO.unpack_from(run, 32)
             _data = run[data_offset]
+
+    def set_attributes(self, gpa, size, attributes):
+        fcntl.ioctl(self.cvm, KVM_SET_MEMORY_ATTRIBUTES, MEMORY_ATTRIBUTES.pack(gpa, size, attributes, 0))
+
+    def convert_pair(self, gpa, size):
+        """To private and back: the attributes, then the stale copy punched."""
+        self.set_attributes(gpa, size, KVM_MEMORY_ATTRIBUTE_PRIVATE)
+        punch(self.cshared, gpa, size)
+        self.set_attributes(gpa, size, 0)
+        punch(self.cprivate, gpa, size)
+
+    def convert_4k(self, n):
+        for _ in range(n):
+            self.convert_pair(0, 4096)
+
+    def convert_1g(self, n):
+        for _ in range(n):
+            self.convert_pair(0, CONV_SIZE)
+
+    def convert_batch_1000(self, n):
+        gpas = range(0, CONV_BATCH * 8192, 8192)
+        for _ in range(n):
+            for gpa in gpas:
+                self.set_attributes(gpa, 4096, KVM_MEMORY_ATTRIBUTE_PRIVATE)
+            for gpa in gpas:
+                punch(self.cshared, gpa, 4096)
+            for gpa in gpas:
+                self.set_attributes(gpa, 4096, 0)
+            for gpa in gpas:
+                punch(self.cprivate, gpa, 4096)
 
     def batch(self, name, iters):
         op = self.ops.get(name)
