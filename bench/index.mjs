@@ -23,7 +23,7 @@ const root = path.join(here, '..');
 const ROWS = [
   { id: 'check_extension', unit: 'us/op', ref: 'check_extension', iters: [20000, 10000] },
   { id: 'gmem_create_close', unit: 'us/op', ref: 'gmem_create_close', iters: [1000, 500] },
-  { id: 'slot_add_delete', unit: 'us/pair', ref: 'slot_add_delete', iters: [100, 100], batches: [61, 9] },
+  { id: 'slot_add_delete', unit: 'us/pair', ref: 'slot_add_delete', pair: ['slot_add_delete_raw'], iters: [100, 100], batches: [61, 9] },
   { id: 'punch_hole_4k', unit: 'us/op', ref: 'punch_hole_4k', iters: [2000, 1000] },
   { id: 'fault_in_256m', unit: 'GB/s', ref: 'fault_in_256m', iters: [1, 1], batches: [7, 3] },
   { id: 'copy_256m', unit: 'GB/s', ref: 'copy_256m', iters: [1, 1], batches: [15, 5] },
@@ -181,7 +181,7 @@ async function measureRow(row, ctx) {
   if (pairOps.length) {
     // This row's op and its pairs: a row each, the pairs' against this one.
     return [
-      { ...base, id: row.id, label, sides: { node: figures('node') }, ratios: {} },
+      { ...base, id: row.id, label, ref: row.ref, sides: { c: figures('c'), node: figures('node'), python: figures('python') }, ratios: { c: ratio('node', 'c'), python: ratio('node', 'python') } },
       ...pairOps.map((p) => ({ ...base, id: p.name, label: p.name, sides: { node: figures(`pair:${p.name}`) }, ratios: { pair: ratio(`pair:${p.name}`, 'node') }, pairedWith: row.id })),
     ];
   }

@@ -21,6 +21,7 @@ const require = createRequire(import.meta.url);
 const gm = require('../dist/index.js');
 const { AttributeMap } = require('../dist/events/attribute-map.js');
 const { invalidate } = require('../dist/events/notifier.js');
+const { native } = require('../dist/native.js');
 
 const MiB = 1 << 20;
 const BIG = 256 * MiB;
@@ -154,6 +155,17 @@ function build(kvm) {
         for (let i = 0; i < n; i++) {
           const slot = vm.addMemorySlot({ guestPhysAddr: 1n << 32n, size: 2 * MiB, userspace: slotView, guestMemfd: { file: big, offset: 0 } });
           await vm.removeMemorySlot(slot);
+        }
+      },
+    },
+    // The same two ioctls straight through the addon's binding, none of the library's
+    // checks or bookkeeping: what the kernel costs in this process.
+    slot_add_delete_raw: {
+      run(n) {
+        const addr = slotView.address;
+        for (let i = 0; i < n; i++) {
+          native.setUserMemoryRegion2(vm.fd, 1, gm.SlotFlag.GuestMemfd, 1n << 32n, 2 * MiB, addr, 0, big.fd);
+          native.setUserMemoryRegion2(vm.fd, 1, 0, 1n << 32n, 0, 0, 0, 0);
         }
       },
     },
