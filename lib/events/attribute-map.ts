@@ -117,6 +117,9 @@ function addressArg(op: string, name: string, value: unknown, aligned: boolean):
     }
     return Math.floor(value / PAGE_SIZE);
   }
+  // The same for a bigint in range (the VM's own callers pass bigints).
+  if (typeof value === 'bigint' && value >= 0n && value < ADDRESS_LIMIT && (!aligned || (value & PAGE_MASK) === 0n))
+    return Number(value >> PAGE_SHIFT);
   const v = integerArg(op, name, value);
   if (v >= ADDRESS_LIMIT) {
     throw new ArgumentRangeError('ERR_OUT_OF_RANGE',
@@ -140,6 +143,10 @@ function rangeArg(op: string, gpa: unknown, size: unknown): [number, number] {
     const pages = size / PAGE_SIZE;
     if (start + pages <= PFN_LIMIT) return [start, start + pages];
   }
+  if (typeof size === 'bigint' && size > 0n && size <= ADDRESS_LIMIT && (size & PAGE_MASK) === 0n) {
+    const pages = Number(size >> PAGE_SHIFT);
+    if (start + pages <= PFN_LIMIT) return [start, start + pages];
+  }
   const v = integerArg(op, 'size', size);
   if (v === 0n) {
     throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: size 0x0 must be greater than 0`);
@@ -160,6 +167,7 @@ function rangeArg(op: string, gpa: unknown, size: unknown): [number, number] {
 
 /** A KVM attribute bitmask: an integer in [0, 2^64). */
 function attributesArg(op: string, value: unknown): bigint {
+  if (typeof value === 'bigint' && value >= 0n && value < ATTRIBUTES_LIMIT) return value;
   const v = integerArg(op, 'attributes', value);
   if (v >= ATTRIBUTES_LIMIT) {
     throw new ArgumentRangeError('ERR_OUT_OF_RANGE', `${op}: attributes ${formatValue(v)} does not fit in 64 bits`);
