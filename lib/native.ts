@@ -45,6 +45,8 @@ export interface NativeBinding {
   fstat(fd: number, out: Float64Array): void;
   isCloexec(fd: number): boolean;
   ownedFdCount(): number;
+  /** Whether the addon holds `fd` (for tests of the collector's safety net). */
+  ownsFd(fd: number): boolean;
 
   kvmOpen(path: string): number;
   getApiVersion(fd: number): number;

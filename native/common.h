@@ -31,6 +31,7 @@ class FdSet {
     return true;
   }
   size_t size() const { return count_; }
+  bool contains(int fd) const { return fd >= 0 && static_cast<size_t>(fd) < owned_.size() && owned_[fd]; }
   template <typename F>
   void drain(F&& close_fd) {
     for (size_t fd = 0; fd < owned_.size(); fd++)

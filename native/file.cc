@@ -80,6 +80,13 @@ static Napi::Value OwnedFdCount(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(State(info.Env()).fds.size()));
 }
 
+// ownsFd(fd) -> boolean: whether the addon holds this fd (tests check the collector closed theirs).
+static Napi::Value OwnsFd(const Napi::CallbackInfo& info) {
+  int32_t fd;
+  if (!ArgI32(info, 0, &fd)) return Napi::Value();
+  return Napi::Boolean::New(info.Env(), State(info.Env()).fds.contains(fd));
+}
+
 void InitFile(Napi::Env env, Napi::Object exports) {
   ExportRaw(env, exports, "close", Close);
   ExportRaw(env, exports, "fallocate", Fallocate);
@@ -87,6 +94,7 @@ void InitFile(Napi::Env env, Napi::Object exports) {
   exports.Set("fstat", Napi::Function::New(env, Fstat, "fstat"));
   exports.Set("isCloexec", Napi::Function::New(env, IsCloexec, "isCloexec"));
   exports.Set("ownedFdCount", Napi::Function::New(env, OwnedFdCount, "ownedFdCount"));
+  exports.Set("ownsFd", Napi::Function::New(env, OwnsFd, "ownsFd"));
 }
 
 }  // namespace gmem
