@@ -241,7 +241,7 @@ export async function convertRanges(ctx: ConversionContext, requests: readonly C
 
   // No listener on the VM or any file involved: nothing to populate or invalidate,
   // and no event needs building. Nothing is awaited, so none can register meanwhile.
-  if (unheard(ctx, work)) return finish(apply(ctx, work), [], unchanged);
+  if (unheard(ctx, work)) return settle(apply(ctx, work), unchanged);
 
   // 1. populate, for everything, before anything changes. Acceptance is tracked per
   // listener, so on a veto exactly the listeners that accepted hear the rollback.
@@ -283,7 +283,8 @@ export async function convertRanges(ctx: ConversionContext, requests: readonly C
   await invalidate(invalidations, () => {
     outcome = apply(ctx, work);
   });
-  return finish(outcome!, accepted, unchanged);
+  await rollBackFor(outcome!, accepted);
+  return settle(outcome!, unchanged);
 }
 
 type Accepted = readonly [Notifier<unknown>, Registered<unknown>, unknown, Work];
@@ -372,21 +373,20 @@ function apply(ctx: ConversionContext, work: readonly Work[]): Outcome {
   return { converted, done, discardFailure };
 }
 
-/** Turns an outcome into the result, after the rollbacks it calls for. */
-async function finish(outcome: Outcome, accepted: readonly Accepted[], unchanged: bigint): Promise<ConversionResult> {
-  const { converted, done, refusal, discardFailure, stale } = outcome;
-  if (stale) {
-    // The plan went stale while listeners ran: nothing changed; whoever accepted a
-    // populate hears it undone, and the caller gets the reason as it was raised.
-    if (accepted.length) await rollBack(accepted);
-    throw stale.error;
-  }
-  if (refusal) {
-    // Ranges that never became usable: their populate listeners hear the rollback.
-    const undone = accepted.filter((a) => !done.has(a[3]));
-    if (undone.length) await rollBack(undone);
-    throw refusal;
-  }
+/** The rollbacks an outcome calls for: populate listeners whose ranges never became usable. */
+async function rollBackFor(outcome: Outcome, accepted: readonly Accepted[]): Promise<void> {
+  // The plan went stale while listeners ran: nothing changed; whoever accepted a
+  // populate hears it undone.
+  if (outcome.stale) await rollBack(accepted);
+  else if (outcome.refusal) await rollBack(accepted.filter((a) => !outcome.done.has(a[3])));
+}
+
+/** Turns an outcome into the result, or throws what it calls for. */
+function settle(outcome: Outcome, unchanged: bigint): ConversionResult {
+  const { converted, refusal, discardFailure, stale } = outcome;
+  // The caller gets a stale plan's reason as it was raised.
+  if (stale) throw stale.error;
+  if (refusal) throw refusal;
   if (discardFailure !== undefined) {
     // The conversion took (kernel and map agree); a stale copy could not be dropped.
     throw new StateError(
