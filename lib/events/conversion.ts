@@ -387,14 +387,16 @@ function settle(outcome: Outcome, unchanged: bigint): ConversionResult {
   // The caller gets a stale plan's reason as it was raised.
   if (stale) throw stale.error;
   if (refusal) throw refusal;
-  if (discardFailure !== undefined) {
-    // The conversion took (kernel and map agree); a stale copy could not be dropped.
-    throw new StateError(
-      'ERR_DISCARD_FAILED',
-      `vm.convert: converted, but discarding the stale copy failed: ${discardFailure instanceof Error ? discardFailure.message : String(discardFailure)}`,
-    );
-  }
+  if (discardFailure !== undefined) throw discardError(discardFailure);
   return { converted, unchangedBytes: unchanged };
+}
+
+/** The conversion took (kernel and map agree), but a stale copy could not be dropped. @internal */
+export function discardError(failure: unknown): StateError {
+  return new StateError(
+    'ERR_DISCARD_FAILED',
+    `vm.convert: converted, but discarding the stale copy failed: ${failure instanceof Error ? failure.message : String(failure)}`,
+  );
 }
 
 /** The ranges of `[gpa, gpa+size)` not covered, for coverage errors. @internal */

@@ -39,8 +39,10 @@ import { cpuidForVcpu, findCpuid, type CpuidEntry } from './cpuid';
 import {
   checkDisjoint,
   checkRequest,
+  ConversionError,
   convertRanges,
   coverageError,
+  discardError,
   faultRequest,
   type ConversionBackend,
   type ConversionContext,
@@ -313,7 +315,66 @@ export class Vm {
    * @throws ConversionError when the kernel refuses part-way (says what was applied)
    */
   convert(guestPhysAddr: number | bigint, size: number | bigint, to: 'private' | 'shared'): Promise<ConversionResult> {
-    return this.convertMany([{ guestPhysAddr, size, to }]);
+    let quick: ConversionResult | undefined;
+    try {
+      quick = this.#convertUnheard(guestPhysAddr, size, to);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return quick ? Promise.resolve(quick) : this.convertMany([{ guestPhysAddr, size, to }]);
+  }
+
+  /**
+   * The common case of {@link Vm.convert} without the engine's machinery: one range
+   * inside one guest_memfd slot whose two copies are separate, no listener on the VM
+   * or either file, and the whole range in the other state. The same checks, calls
+   * and order as the engine (attributes, the map, the discard of the stale copy).
+   * Returns undefined, having changed nothing, when the case does not apply.
+   */
+  #convertUnheard(guestPhysAddr: number | bigint, size: number | bigint, to: 'private' | 'shared'): ConversionResult | undefined {
+    const op = 'vm.convert';
+    const fd = this.checkOpen(op);
+    const gpa = u64(guestPhysAddr, op, 'guestPhysAddr');
+    const n = u64(size, op, 'size');
+    checkRequest(op, { guestPhysAddr: gpa, size: n, to });
+    this.#conversionSupported(op);
+    const slot = this.slotTable.at(0, gpa);
+    const g = slot?.guestMemfd;
+    if (!slot || !g || gpa + n > slot.guestPhysAddr + slot.size || this.notifier.size > 0) return undefined;
+    const u = slot.userspace;
+    if (u.file === g.file || u.file?.listened || g.file.listened) return undefined;
+    const target = to === 'private' ? MemoryAttribute.Private : MemoryAttribute.Shared;
+    const differ = this.attributes.differing(gpa, n, target);
+    if (differ.length === 0) return { converted: [], unchangedBytes: n };
+    if (differ.length !== 1 || differ[0]!.guestPhysAddr !== gpa || differ[0]!.size !== n) return undefined;
+    const delta = Number(gpa - slot.guestPhysAddr);
+    try {
+      native.setMemoryAttributesMany(fd, BigUint64Array.of(gpa, n, target));
+    } catch (e) {
+      throw new ConversionError(e, [], { guestPhysAddr: gpa, size: n }, []);
+    }
+    this.attributes.set(gpa, n, target);
+    try {
+      if (to === 'private') this.#discardShared(slot, u.file ? u.offset + delta : delta, n);
+      else this.#discardPrivate(slot, g.offset + delta, n);
+    } catch (e) {
+      throw discardError(e);
+    }
+    return { converted: [{ guestPhysAddr: gpa, size: n, to }], unchangedBytes: 0n };
+  }
+
+  /** Drops a slot's shared copy at `offset` (in its file, or its anonymous mapping). */
+  #discardShared(slot: MemorySlot, offset: number, size: bigint): void {
+    const file = slot.userspace.file;
+    if (file) native.fallocate(file.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, size);
+    // Anonymous slot memory is a private mapping: MADV_REMOVE needs a shared one,
+    // MADV_DONTNEED frees the pages and they read back as zeros.
+    else native.madvise(slot.userspace.view.address + BigInt(offset), size, MADV_DONTNEED);
+  }
+
+  /** Drops a slot's private copy at `offset` in its guest_memfd. */
+  #discardPrivate(slot: MemorySlot, offset: number, size: bigint): void {
+    native.fallocate(slot.guestMemfd!.file.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, size);
   }
 
   /**
@@ -392,12 +453,7 @@ export class Vm {
         native.setMemoryAttributesMany(vm.checkOpen(op), triples);
       },
       discardShared(piece: ConversionPiece): void {
-        const slot = slotOf(piece.slot);
-        const file = slot.userspace.file;
-        if (file) native.fallocate(file.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, piece.shared.offset, piece.size);
-        // Anonymous slot memory is a private mapping: MADV_REMOVE needs a shared one,
-        // MADV_DONTNEED frees the pages and they read back as zeros.
-        else native.madvise(slot.userspace.view.address + BigInt(piece.shared.offset), piece.size, MADV_DONTNEED);
+        vm.#discardShared(slotOf(piece.slot), piece.shared.offset, piece.size);
       },
       revokeShared(piece: ConversionPiece): void {
         // The guest_memfd is its own shared backing: once private, its pages fault
@@ -407,8 +463,7 @@ export class Vm {
         slot.guestMemfd!.file.views.releaseOverlapping(piece.private.offset, Number(piece.size));
       },
       discardPrivate(piece: ConversionPiece): void {
-        const slot = slotOf(piece.slot);
-        native.fallocate(slot.guestMemfd!.file.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, piece.private.offset, piece.size);
+        vm.#discardPrivate(slotOf(piece.slot), piece.private.offset, piece.size);
       },
     };
     return {
