@@ -2,7 +2,7 @@
 // KVM_MEMORY_ATTRIBUTE_PRIVATE (the mainline kernels' sw-protected VMs); the refusal
 // is tested where default VMs lack it.
 import { expect } from 'vitest';
-import { Cap, Memfd, UnsupportedError, type GuestMemfd, type Vm } from '../lib/index';
+import { Cap, Memfd, UnsupportedError, type ConversionResult, type GuestMemfd, type Vm } from '../lib/index';
 import { native } from '../lib/native';
 import { findVmType, kvmTest } from '../lib/testing/vitest.mjs';
 
@@ -152,6 +152,38 @@ test('a slot removed while populate listeners run is never acted on (even if its
   await expect(vm.convert(0, PAGE, 'private')).rejects.toMatchObject({ code: 'ERR_CLOSED' });
   expect(vm.attributes.count).toBe(0);
   expect(other.map(0, PAGE).buffer[0]).toBe(0xaa);
+});
+
+test('vm.convert with nobody listening (its direct path) does what the engine does with a listener: results, map, discards', async ({ vm }) => {
+  const { ram, gmem } = setup(vm);
+  const view = ram.map();
+  /** The same steps at `base`, with or without a listener; everything relative to `base`. */
+  const steps = async (base: number, listen: boolean): Promise<unknown[]> => {
+    const off = listen ? vm.notifier.register({ invalidateStart() {} }) : undefined;
+    const log: unknown[] = [];
+    const note = (r: ConversionResult) => {
+      const allocated = [ram.stat().allocatedBytes, gmem.stat().allocatedBytes];
+      log.push({
+        converted: r.converted.map((c) => [Number(c.guestPhysAddr) - base, Number(c.size), c.to]),
+        unchanged: r.unchangedBytes,
+        map: vm.attributes.ranges(base, base + 16 * PAGE).map((x) => [Number(x.guestPhysAddr) - base, Number(x.size)]),
+        allocated,
+      });
+    };
+    view.buffer.fill(0x5a, base, base + 8 * PAGE);
+    const before = [ram.stat().allocatedBytes, gmem.stat().allocatedBytes];
+    for (const [page, pages, to] of [[0, 4, 'private'], [1, 1, 'shared'], [0, 4, 'private'], [0, 4, 'private'], [2, 2, 'shared'], [0, 8, 'shared']] as const)
+      note(await vm.convert(base + page * PAGE, pages * PAGE, to));
+    off?.();
+    // Allocation as a change from where each run began (the runs share the files).
+    return log.map((e) => ({ ...(e as object), allocated: (e as { allocated: number[] }).allocated.map((a, i) => a - before[i]!) }));
+  };
+  const direct = await steps(0, false);
+  const engine = await steps(64 * PAGE, true);
+  expect(direct).toEqual(engine);
+  expect(direct[0]).toMatchObject({ converted: [[0, 4 * PAGE, 'private']], map: [[0, 4 * PAGE]], allocated: [-4 * PAGE, 0] });
+  expect(view.buffer[PAGE]).toBe(0);
+  expect(view.buffer[4 * PAGE]).toBe(0x5a);
 });
 
 test('convertMany applies a batch in one call per direction', async ({ vm }) => {
