@@ -23,7 +23,7 @@ const root = path.join(here, '..');
 const ROWS = [
   { id: 'check_extension', unit: 'us/op', ref: 'check_extension', iters: [20000, 10000] },
   { id: 'gmem_create_close', unit: 'us/op', ref: 'gmem_create_close', iters: [1000, 500] },
-  { id: 'slot_add_delete', unit: 'us/pair', ref: 'slot_add_delete', pair: ['slot_add_delete_raw'], iters: [100, 100], batches: [61, 9] },
+  { id: 'slot_add_delete', unit: 'us/pair', ref: 'slot_add_delete', pair: ['slot_add_delete_raw'], iters: [100, 100], batches: [241, 9] },
   { id: 'punch_hole_4k', unit: 'us/op', ref: 'punch_hole_4k', iters: [2000, 1000] },
   { id: 'fault_in_256m', unit: 'GB/s', ref: 'fault_in_256m', iters: [1, 1], batches: [7, 3] },
   { id: 'copy_256m', unit: 'GB/s', ref: 'copy_256m', iters: [1, 1], batches: [15, 5] },
@@ -48,7 +48,7 @@ const ROWS = [
 const ONE_SHOT = ['attr_map', 'rss'];
 /** The ops measured alternately with a row's own and compared with it. */
 const pairsOf = (row) => (row.pair === undefined ? [] : Array.isArray(row.pair) ? row.pair : [row.pair]);
-const DEFAULT_BATCHES = { ref: [31, 5], node: [21, 5] };
+const DEFAULT_BATCHES = { ref: [61, 5], node: [41, 5] };
 
 // Targets, as Node/C (or Node/Python, or against a paired op) on the median of the
 // per-batch ratios.
