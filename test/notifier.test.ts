@@ -205,7 +205,7 @@ test('memfd truncate is announced for the discarded tail', async () => {
 });
 
 kvm('slot removal is announced to the VM and to both backings', async ({ vm }) => {
-  const gmem = gmemOf(vm, 8 * MiB);
+  const gmem = vm.createGuestMemfd({ size: 8 * MiB });
   using ram = Memfd.create('ram', { size: 2 * MiB });
   const slot = vm.addMemorySlot({ guestPhysAddr: G4, size: 2 * MiB, userspace: ram, guestMemfd: { file: gmem, offset: 2 * MiB } });
   const vmEvents = record<GpaRangeEvent<Vm>>(vm);

@@ -67,11 +67,41 @@ test('guest_memfd slots at offsets 0 and N bind side by side', ({ vm }) => {
 });
 
 test('a memfd-backed slot with guest_memfd private memory binds', ({ vm }) => {
-  const gmem = gmemOf(vm);
+  const gmem = vm.createGuestMemfd({ size: 2 * MiB });
   using ram = Memfd.create('ram', { size: 2 * MiB });
   const slot = vm.addMemorySlot({ guestPhysAddr: 0, size: 2 * MiB, userspace: ram, guestMemfd: { file: gmem } });
   expect(slot.userspace.kind).toBe('memfd');
   expect(slot.userspace.file).toBe(ram);
+});
+
+const mmapTest = kvmTest({ mmap: true });
+
+mmapTest('a guest_memfd made with mmap but without initShared backs no slot (KVM would map the guest from pages private to it)', ({ vm }) => {
+  const gmem = vm.createGuestMemfd({ size: 2 * MiB, mmap: true });
+  using ram = Memfd.create('ram', { size: 2 * MiB });
+  for (const userspace of [undefined, ram, gmem, 'anonymous'] as const)
+    expect(() => vm.addMemorySlot({ guestPhysAddr: 0, size: 2 * MiB, guestMemfd: { file: gmem }, ...(userspace ? { userspace } : {}) })).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE', message: expect.stringMatching(/with mmap but without initShared/) }),
+    );
+  expect(vm.slots).toHaveLength(0);
+});
+
+mappableTest('a slot over a guest_memfd made with mmap takes no other userspace memory: KVM maps the guest from the guest_memfd itself', ({ vm }) => {
+  const gmem = vm.createGuestMemfd({ size: 4 * MiB, mmap: true, initShared: true });
+  using ram = Memfd.create('ram', { size: 2 * MiB });
+  const refused = (userspace: unknown, extra: object = {}) =>
+    codeOf(() => vm.addMemorySlot({ guestPhysAddr: 0, size: 2 * MiB, guestMemfd: { file: gmem, offset: 2 * MiB }, userspace: userspace as never, ...extra }));
+  expect(refused(ram)).toBe('ERR_INVALID_ARG_VALUE');
+  expect(refused('anonymous')).toBe('ERR_INVALID_ARG_VALUE');
+  expect(refused(gmem, { userspaceOffset: 0 })).toBe('ERR_INVALID_ARG_VALUE');
+  expect(() => vm.addMemorySlot({ guestPhysAddr: 0, size: 2 * MiB, userspace: ram, guestMemfd: { file: gmem } })).toThrow(
+    /options\.userspace must be guest_memfd \(fd \d+\) itself at offset 0x0 .*its own shared memory/,
+  );
+  expect(vm.slots).toHaveLength(0);
+  // Itself at the same offset, or left out, is what the kernel will use.
+  const a = vm.addMemorySlot({ guestPhysAddr: 0, size: 2 * MiB, guestMemfd: { file: gmem, offset: 2 * MiB }, userspace: gmem });
+  const b = vm.addMemorySlot({ guestPhysAddr: 4 * MiB, size: 2 * MiB, guestMemfd: { file: gmem, offset: 0 } });
+  expect([a.userspace.file, a.userspace.offset, b.userspace.file, b.userspace.offset]).toEqual([gmem, 2 * MiB, gmem, 0]);
 });
 
 test('overlapping GPA ranges: the library names both slots; the kernel says EEXIST', ({ vm }) => {

@@ -427,6 +427,23 @@ export function planSlot(vm: Vm, options: MemorySlotOptions, op = 'vm.addMemoryS
   } else if (o.userspaceOffset !== undefined) {
     throw new ArgumentRangeError('ERR_INVALID_ARG_VALUE', `${op}: options.userspaceOffset applies to file backings, not anonymous memory`);
   }
+  // A guest_memfd created with mmap is its own shared memory: KVM maps the guest from
+  // it and ignores any other userspace memory (a "gmem-only" slot, Linux 6.18+), so
+  // writes through another backing would never reach the guest.
+  if (gmem && gmem.file.mmapable && !gmem.file.initShared)
+    throw slotError(
+      'ERR_INVALID_ARG_VALUE',
+      `${gmem.file.description} was created with mmap but without initShared: KVM would map the guest from it, and its pages start private to it, so no host mapping could reach them; create it with initShared (its own shared memory) or without mmap (private memory beside a shared backing)`,
+    );
+  if (gmem && gmem.file.mmapable) {
+    const sameFile = userspaceFile === gmem.file;
+    const at = userspace instanceof MemoryView ? userspace.offset : userspaceOffset;
+    if (!sameFile || at !== gmem.offset)
+      throw slotError(
+        'ERR_INVALID_ARG_VALUE',
+        `options.userspace must be ${gmem.file.description} itself at offset ${hex(gmem.offset)} (or a view of it there, or left out): a guest_memfd created with mmap is its own shared memory, KVM maps the guest from it and ignores any other userspace memory, so ${sameFile ? `offset ${hex(at)}` : 'other memory'} would never reach the guest`,
+      );
+  }
   // A slot's own mapping is also the host's view of it: one Buffer.
   if (!(userspace instanceof MemoryView) && size > BigInt(MAX_BUFFER))
     throw new ArgumentRangeError(
