@@ -70,7 +70,17 @@ AddonState& State(Napi::Env env) {
   return *state;
 }
 
-void AdoptFd(Napi::Env env, int fd) { State(env).fds.insert(fd); }
+bool AdoptFd(Napi::Env env, int fd) noexcept {
+  try {
+    State(env).fds.insert(fd);
+    return true;
+  } catch (...) {
+    // The table could not grow: nobody would own the fd, so it goes now.
+    close(fd);
+    errno = ENOMEM;
+    return false;
+  }
+}
 
 Napi::Value CpuidTable(Napi::Env env, int fd, unsigned long request, const char* name) {
   using namespace gmem_uapi;

@@ -116,8 +116,9 @@ Napi::Value ThrowErrno(Napi::Env env, int err, const char* syscall, const char* 
 Napi::Value ThrowErrnoApplied(Napi::Env env, int err, const char* syscall, const char* ioctl, size_t applied);
 
 // Registers an fd the addon just received from the kernel so it has an owner before
-// anything else can fail.
-void AdoptFd(Napi::Env env, int fd);
+// anything else can fail. Never throws: if it cannot be recorded, the fd is closed and
+// false comes back with errno ENOMEM (report it as the creating call's failure).
+bool AdoptFd(Napi::Env env, int fd) noexcept;
 
 // Argument readers. TypeScript validates values before calling; these only check
 // JavaScript types so a wrong call from JS cannot crash the process.

@@ -20,7 +20,7 @@ static Napi::Value EventfdCreate(const Napi::CallbackInfo& info) {
   if (!ArgU32(info, 0, &initval) || !ArgU32(info, 1, &flags)) return Napi::Value();
   int fd = eventfd(initval, static_cast<int>(flags) | GMEM_EFD_CLOEXEC);
   if (fd < 0) return ThrowErrno(info.Env(), errno, "eventfd2", nullptr);
-  AdoptFd(info.Env(), fd);
+  if (!AdoptFd(info.Env(), fd)) return ThrowErrno(info.Env(), errno, "eventfd2", nullptr);
   return Napi::Number::New(info.Env(), fd);
 }
 

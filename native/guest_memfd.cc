@@ -38,12 +38,8 @@ static napi_value CreateGuestMemfd(napi_env env, napi_callback_info cb) {
     RawThrowErrno(env, err, "fcntl", nullptr);
     return nullptr;
   }
-  // From here the addon owns the fd; if recording it fails, nobody would.
-  try {
-    AdoptFd(Napi::Env(env), fd);
-  } catch (...) {
-    close(fd);
-    RawThrowErrno(env, ENOMEM, "KVM_CREATE_GUEST_MEMFD", nullptr);
+  if (!AdoptFd(Napi::Env(env), fd)) {
+    RawThrowErrno(env, errno, "ioctl", "KVM_CREATE_GUEST_MEMFD");
     return nullptr;
   }
   napi_value result;

@@ -19,8 +19,7 @@ static Napi::Value KvmOpen(const Napi::CallbackInfo& info) {
   }
   std::string path = info[0].As<Napi::String>().Utf8Value();
   int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
-  if (fd < 0) return ThrowErrno(info.Env(), errno, "open", nullptr);
-  AdoptFd(info.Env(), fd);
+  if (fd < 0 || !AdoptFd(info.Env(), fd)) return ThrowErrno(info.Env(), errno, "open", nullptr);
   return Napi::Number::New(info.Env(), fd);
 }
 
@@ -66,8 +65,7 @@ static Napi::Value CreateVm(const Napi::CallbackInfo& info) {
   uint32_t type;
   if (!ArgI32(info, 0, &fd) || !ArgU32(info, 1, &type)) return Napi::Value();
   int vm = RetryEintr([&] { return ioctl(fd, KVM_CREATE_VM, static_cast<unsigned long>(type)); });
-  if (vm < 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_CREATE_VM");
-  AdoptFd(info.Env(), vm);
+  if (vm < 0 || !AdoptFd(info.Env(), vm)) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_CREATE_VM");
   return Napi::Number::New(info.Env(), vm);
 }
 

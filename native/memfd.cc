@@ -30,16 +30,14 @@ static Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   }
   std::string name = info[0].As<Napi::String>().Utf8Value();
   int fd = static_cast<int>(syscall(SYS_memfd_create, name.c_str(), flags | MFD_CLOEXEC));
-  if (fd < 0) return ThrowErrno(info.Env(), errno, "memfd_create", nullptr);
-  AdoptFd(info.Env(), fd);
+  if (fd < 0 || !AdoptFd(info.Env(), fd)) return ThrowErrno(info.Env(), errno, "memfd_create", nullptr);
   return Napi::Number::New(info.Env(), fd);
 }
 
 // memfdSecret() -> fd (O_CLOEXEC).
 static Napi::Value MemfdSecret(const Napi::CallbackInfo& info) {
   int fd = static_cast<int>(syscall(__NR_memfd_secret, O_CLOEXEC));
-  if (fd < 0) return ThrowErrno(info.Env(), errno, "memfd_secret", nullptr);
-  AdoptFd(info.Env(), fd);
+  if (fd < 0 || !AdoptFd(info.Env(), fd)) return ThrowErrno(info.Env(), errno, "memfd_secret", nullptr);
   return Napi::Number::New(info.Env(), fd);
 }
 

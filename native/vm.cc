@@ -103,8 +103,7 @@ static Napi::Value CreateVcpu(const Napi::CallbackInfo& info) {
   uint32_t id;
   if (!ArgI32(info, 0, &fd) || !ArgU32(info, 1, &id)) return Napi::Value();
   int vcpu = ioctl(fd, KVM_CREATE_VCPU, static_cast<unsigned long>(id));
-  if (vcpu < 0) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_CREATE_VCPU");
-  AdoptFd(info.Env(), vcpu);
+  if (vcpu < 0 || !AdoptFd(info.Env(), vcpu)) return ThrowErrno(info.Env(), errno, "ioctl", "KVM_CREATE_VCPU");
   return Napi::Number::New(info.Env(), vcpu);
 }
 
