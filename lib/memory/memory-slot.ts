@@ -384,7 +384,8 @@ export function planSlot(vm: Vm, options: MemorySlotOptions, op = 'vm.addMemoryS
 
   let userspace = o.userspace;
   if (userspace === undefined)
-    userspace = gmem && gmem.file.mmapable && gmem.file.initShared ? gmem.file : 'anonymous';
+    // A mappable guest_memfd is its own shared memory (checked below); otherwise anonymous memory.
+    userspace = gmem?.file.mmapable ? gmem.file : 'anonymous';
   let userspaceOffset = 0;
   const userspaceFile = userspace instanceof MemoryView ? userspace.file : userspace;
   if (userspaceFile instanceof GuestMemfd && userspaceFile.owner !== vm)
@@ -433,7 +434,7 @@ export function planSlot(vm: Vm, options: MemorySlotOptions, op = 'vm.addMemoryS
   if (gmem && gmem.file.mmapable && !gmem.file.initShared)
     throw slotError(
       'ERR_INVALID_ARG_VALUE',
-      `${gmem.file.description} was created with mmap but without initShared: KVM would map the guest from it, and its pages start private to it, so no host mapping could reach them; create it with initShared (its own shared memory) or without mmap (private memory beside a shared backing)`,
+      `options.guestMemfd.file ${gmem.file.description} was created with mmap but without initShared: KVM would map the guest from it, and its pages start private to it, so no host mapping could reach them; create it with initShared (its own shared memory) or without mmap (private memory beside a shared backing)`,
     );
   if (gmem && gmem.file.mmapable) {
     const sameFile = userspaceFile === gmem.file;
@@ -549,10 +550,6 @@ class SlotBinding implements FileBinding {
   }
 }
 
-function makeBinding(slot: MemorySlot, fileOffset: number, role: 'userspace' | 'private'): FileBinding {
-  return new SlotBinding(slot, fileOffset, role);
-}
-
 /** Adds a slot: validate, ask populate listeners (synchronously), map, kernel, then record. @internal */
 /** True when nobody can hear a slot-wide event: no listener on the VM or either backing. */
 function unheard(vm: Vm, userspace: MemoryFile | null, guestMemfd: MemoryFile | undefined): boolean {
@@ -604,8 +601,8 @@ function commitSlot(vm: Vm, plan: SlotPlan): MemorySlot {
   }
   const slot = MemorySlot.create(vm, plan.id, plan.addressSpace, plan.guestPhysAddr, plan.size, plan.flags, userspace, plan.guestMemfd);
   vm.slotTable.insert(slot);
-  if (userspace.file) slot.bindings.push(makeBinding(slot, userspace.offset, 'userspace'));
-  if (plan.guestMemfd) slot.bindings.push(makeBinding(slot, plan.guestMemfd.offset, 'private'));
+  if (userspace.file) slot.bindings.push(new SlotBinding(slot, userspace.offset, 'userspace'));
+  if (plan.guestMemfd) slot.bindings.push(new SlotBinding(slot, plan.guestMemfd.offset, 'private'));
   for (const b of slot.bindings) (b.role === 'private' ? plan.guestMemfd!.file : userspace.file!).bind(b);
   return slot;
 }
